@@ -1,0 +1,85 @@
+"""The worker's message consumer, taught to accept raw events from the fanout exchange.
+
+Events on a subscriber queue are plain JSON envelopes (the public contract), not Celery task
+messages. When the worker receives one, it *adopts* it: it publishes a Celery message for the
+queue's subscriber task straight to the same queue (default exchange, publisher-confirmed) and
+then acknowledges the raw event. From then on it is an ordinary Celery task: retries, Flower and
+dead-lettering all work as usual, and none of it passes through the fanout exchange again.
+
+Anything on the queue that is neither an event nor a task message is recorded as a FailedEvent
+and rejected to the subscriber's dead-letter queue, so it never blocks the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from celery.worker.consumer import Consumer
+
+from marketplace.events import topology
+from marketplace.events.envelope import InvalidEnvelope, validate_envelope
+
+logger = logging.getLogger(__name__)
+
+ADOPTION_NAMESPACE = uuid.UUID("8a4c2f8e-5b1d-4f57-9a43-6c1f0f7d2b11")
+
+
+def adopted_task_id(subscriber: topology.Subscriber, event_id: str) -> str:
+    """Deterministic, so a redelivered event shows as the same task in Flower."""
+    return str(uuid.uuid5(ADOPTION_NAMESPACE, f"{subscriber.name}:{event_id}"))
+
+
+class EventConsumer(Consumer):
+    def on_unknown_message(self, body, message):
+        subscriber = self._subscriber_of(message)
+        if subscriber is None:
+            return super().on_unknown_message(body, message)
+        try:
+            envelope = validate_envelope(body)
+        except InvalidEnvelope as exc:
+            return self._dead_letter(subscriber, message, exc, envelope=body)
+        try:
+            self.app.tasks[subscriber.task].apply_async(
+                args=[envelope],
+                task_id=adopted_task_id(subscriber, envelope["id"]),
+                queue=subscriber.queue_name,
+            )
+        except self.connection_errors:
+            # Not acknowledged: the broker redelivers the event once the connection is back.
+            logger.warning("could not adopt event %s for %s; it will be redelivered", envelope["id"], subscriber.name)
+            return
+        except Exception as exc:
+            return self._dead_letter(subscriber, message, exc, envelope=envelope)
+        message.ack()
+
+    def on_decode_error(self, message, exc):
+        subscriber = self._subscriber_of(message)
+        if subscriber is None:
+            return super().on_decode_error(message, exc)
+        return self._dead_letter(subscriber, message, exc, envelope=None)
+
+    def _dead_letter(self, subscriber, message, exc, *, envelope):
+        from marketplace.events.subscriber import record_failure
+
+        record_failure(
+            subscriber=subscriber.name,
+            envelope=envelope,
+            exc=exc,
+            raw_body=_text(message.body),
+        )
+        message.reject(requeue=False)
+
+    def _subscriber_of(self, message) -> topology.Subscriber | None:
+        tag = message.delivery_info.get("consumer_tag")
+        # kombu keeps the consumer tag of every queue it consumes from; invert it.
+        for queue_name, queue_tag in getattr(self.task_consumer, "_active_tags", {}).items():
+            if queue_tag == tag:
+                return topology.subscriber_for_queue(queue_name)
+        return None
+
+
+def _text(body) -> str:
+    if isinstance(body, bytes):
+        return body.decode("utf-8", errors="replace")[:100_000]
+    return str(body)[:100_000]

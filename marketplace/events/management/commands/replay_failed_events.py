@@ -1,0 +1,55 @@
+from datetime import datetime, time
+
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+
+from marketplace.events import topology
+from marketplace.events.models import FailedEvent
+from marketplace.events.services import REPLAYABLE, NotReplayable, failed_event_replay
+
+
+def _moment(text: str) -> datetime:
+    moment = parse_datetime(text)
+    if moment is None:
+        day = parse_date(text)
+        if day is None:
+            raise CommandError(f"--since wants a date or an ISO date-time, not {text!r}")
+        moment = datetime.combine(day, time.min)
+    return moment if timezone.is_aware(moment) else timezone.make_aware(moment)
+
+
+class Command(BaseCommand):
+    help = "Replay failed events to their subscriber's own queue (the subscriber dedupes by event id)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--subscriber", choices=[s.name for s in topology.SUBSCRIBERS])
+        parser.add_argument("--id", type=int, action="append", dest="ids", help="FailedEvent id (repeatable).")
+        parser.add_argument("--since", help="Only events that last failed at or after this date / date-time.")
+        parser.add_argument("--dry-run", action="store_true", help="List what would be replayed; change nothing.")
+
+    def handle(self, *args, subscriber, ids, since, dry_run, **options):
+        failed_events = FailedEvent.objects.filter(status__in=REPLAYABLE).order_by("id")
+        if subscriber:
+            failed_events = failed_events.filter(subscriber=subscriber)
+        if ids:
+            failed_events = failed_events.filter(id__in=ids)
+        if since:
+            failed_events = failed_events.filter(last_failed_at__gte=_moment(since))
+
+        replayed = 0
+        for failed_event in failed_events:
+            line = f"#{failed_event.pk} {failed_event.subscriber} {failed_event.event_type} {failed_event.event_id}"
+            if dry_run:
+                self.stdout.write(f"would replay {line}")
+                continue
+            try:
+                failed_event_replay(failed_event=failed_event, via="command")
+            except NotReplayable as exc:
+                self.stderr.write(f"skipped {line}: {exc}")
+                continue
+            replayed += 1
+            self.stdout.write(f"replayed {line}")
+        verb = "would replay" if dry_run else "replayed"
+        count = failed_events.count() if dry_run else replayed
+        self.stdout.write(self.style.SUCCESS(f"{verb} {count} failed event(s)"))

@@ -1,0 +1,104 @@
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class OutboxEvent(models.Model):
+    """An event written in the same transaction as the change it describes (transactional outbox).
+
+    A row is pending until the broker confirmed it; it is never deleted or expired by the relay.
+    """
+
+    event_id = models.UUIDField(unique=True)
+    event_type = models.CharField(max_length=100)
+    envelope = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # Whoever claims a row (the on-commit publisher or a relay) owns it until this moment.
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["id"], name="outbox_pending_idx", condition=Q(published_at__isnull=True)),
+        ]
+
+    def __str__(self):
+        return f"{self.event_type} {self.event_id}"
+
+    @property
+    def is_published(self) -> bool:
+        return self.published_at is not None
+
+
+class ProcessedEvent(models.Model):
+    """Marks an event as handled by one subscriber; written in the transaction of its effect."""
+
+    subscriber = models.CharField(max_length=100)
+    event_id = models.UUIDField()
+    processed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["subscriber", "event_id"], name="processed_once_per_subscriber"),
+        ]
+
+    def __str__(self):
+        return f"{self.subscriber}: {self.event_id}"
+
+
+class FailedEvent(models.Model):
+    """An event a subscriber gave up on (retries exhausted, or a permanent failure)."""
+
+    class Status(models.TextChoices):
+        FAILED = "failed", "Failed"
+        REPLAYING = "replaying", "Replay requested"
+        RESOLVED = "resolved", "Resolved"
+        ARCHIVED = "archived", "Archived"
+
+    subscriber = models.CharField(max_length=100, db_index=True)
+    event_id = models.UUIDField(null=True, blank=True, help_text="Empty when the message had no usable id.")
+    event_type = models.CharField(max_length=100, blank=True)
+    payload = models.JSONField(null=True, blank=True, help_text="The envelope, when it could be decoded.")
+    raw_body = models.TextField(blank=True, help_text="The message body as received, when it was not a valid event.")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.FAILED, db_index=True)
+    exception_class = models.CharField(max_length=200, db_index=True)
+    exception_message = models.TextField(blank=True)
+    traceback = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=1)
+    first_failed_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    last_failed_at = models.DateTimeField()
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-last_failed_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscriber", "event_id"],
+                name="one_failed_record_per_subscriber_event",
+                condition=Q(event_id__isnull=False),
+            ),
+        ]
+        permissions = [("replay_failedevent", "Can replay failed events")]
+
+    def __str__(self):
+        return f"{self.subscriber}: {self.event_type or 'unreadable message'} {self.event_id or ''}"
+
+
+class FailedEventReplay(models.Model):
+    """Audit trail: who asked for which failed event to be replayed, and how."""
+
+    failed_event = models.ForeignKey(FailedEvent, on_delete=models.CASCADE, related_name="replays")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    requested_at = models.DateTimeField(auto_now_add=True)
+    via = models.CharField(max_length=20, choices=[("admin", "Admin"), ("command", "Command line")])
+
+    class Meta:
+        ordering = ["-requested_at"]
+
+    def __str__(self):
+        return f"replay of {self.failed_event_id} via {self.via}"

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from django.db import transaction
+
+from marketplace.celery import app
+from marketplace.events import topology
+from marketplace.events.models import FailedEvent, FailedEventReplay
+
+REPLAYABLE = (FailedEvent.Status.FAILED, FailedEvent.Status.REPLAYING)
+
+
+class NotReplayable(Exception):
+    pass
+
+
+def failed_event_replay(*, failed_event: FailedEvent, requested_by=None, via: str) -> None:
+    """Send the event to its subscriber's own queue again (never through the fanout exchange).
+
+    The subscriber's success marks the record resolved; a new failure marks it failed again with
+    the new error. The subscriber dedupes by event id, so a replay never repeats an effect.
+    """
+    if failed_event.status not in REPLAYABLE:
+        raise NotReplayable(f"failed event {failed_event.pk} is {failed_event.status}")
+    if not isinstance(failed_event.payload, dict):
+        raise NotReplayable(f"failed event {failed_event.pk} holds no decodable event to replay")
+    subscriber = topology.subscriber_named(failed_event.subscriber)
+    app.tasks[subscriber.task].apply_async(args=[failed_event.payload], queue=subscriber.queue_name)
+    with transaction.atomic():
+        FailedEvent.objects.filter(pk=failed_event.pk).update(status=FailedEvent.Status.REPLAYING)
+        FailedEventReplay.objects.create(failed_event=failed_event, requested_by=requested_by, via=via)
+    failed_event.status = FailedEvent.Status.REPLAYING
+
+
+def failed_event_archive(*, failed_event: FailedEvent) -> None:
+    FailedEvent.objects.filter(pk=failed_event.pk).update(status=FailedEvent.Status.ARCHIVED)

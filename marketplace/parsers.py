@@ -1,0 +1,21 @@
+import io
+
+from django.conf import settings
+from rest_framework.parsers import JSONParser
+
+from marketplace.problems import PayloadTooLarge
+
+
+class BoundedJSONParser(JSONParser):
+    """JSON parser that refuses bodies over API_MAX_BODY_BYTES with 413, chunked or not."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        limit = settings.API_MAX_BODY_BYTES
+        request = (parser_context or {}).get("request")
+        declared = request.META.get("CONTENT_LENGTH") if request is not None else None
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"The request body is over {limit} bytes.")
+        body = stream.read(limit + 1) if stream is not None else b""
+        if len(body) > limit:
+            raise PayloadTooLarge(f"The request body is over {limit} bytes.")
+        return super().parse(io.BytesIO(body), media_type, parser_context)

@@ -1,0 +1,153 @@
+"""One mapping from every client-visible error to an RFC 9457 problem details response."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions, serializers
+from rest_framework.response import Response
+from rest_framework.views import set_rollback
+
+from marketplace.exceptions import DomainError
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_BASE_URI = "https://marketplace.example/problems/"
+
+_DRF_PROBLEMS: list[tuple[type[exceptions.APIException], str, str]] = [
+    (exceptions.ValidationError, "validation-error", "Invalid request"),
+    (exceptions.ParseError, "malformed-request", "Malformed request body"),
+    (exceptions.NotAuthenticated, "not-authenticated", "Authentication required"),
+    (exceptions.AuthenticationFailed, "authentication-failed", "Authentication failed"),
+    (exceptions.PermissionDenied, "permission-denied", "Permission denied"),
+    (exceptions.NotFound, "not-found", "Not found"),
+    (exceptions.MethodNotAllowed, "method-not-allowed", "Method not allowed"),
+    (exceptions.NotAcceptable, "not-acceptable", "Not acceptable"),
+    (exceptions.UnsupportedMediaType, "unsupported-media-type", "Unsupported media type"),
+    (exceptions.Throttled, "throttled", "Too many requests"),
+]
+
+
+class PayloadTooLarge(exceptions.APIException):
+    status_code = 413
+    default_detail = "The request body is too large."
+    default_code = "payload_too_large"
+
+
+_DRF_PROBLEMS.append((PayloadTooLarge, "payload-too-large", "Payload too large"))
+
+
+class ProblemSerializer(serializers.Serializer):
+    """Documents the error body in the OpenAPI schema."""
+
+    class FieldError(serializers.Serializer):
+        attr = serializers.CharField(help_text="Dotted path of the field, e.g. `lines.0.quantity`.", allow_null=True)
+        code = serializers.CharField()
+        detail = serializers.CharField()
+
+    type = serializers.CharField(help_text="URI identifying the problem type.")
+    title = serializers.CharField()
+    status = serializers.IntegerField()
+    detail = serializers.CharField()
+    instance = serializers.CharField(help_text="The request path.")
+    request_id = serializers.CharField()
+    errors = FieldError(many=True, required=False, help_text="Per-field errors (400 only).")
+
+
+class InsufficientStockProblemSerializer(ProblemSerializer):
+    class Shortage(serializers.Serializer):
+        line = serializers.IntegerField(help_text="Index of the line in the request.")
+        product = serializers.IntegerField()
+        requested = serializers.IntegerField()
+        available = serializers.IntegerField()
+
+    shortages = Shortage(many=True)
+
+
+def problem(request, *, status: int, slug: str, title: str, detail: str, **extensions: Any) -> dict[str, Any]:
+    return {
+        "type": PROBLEM_BASE_URI + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.path if request is not None else "",
+        "request_id": getattr(request, "request_id", ""),
+        **extensions,
+    }
+
+
+def flatten_errors(detail: Any, path: str = "") -> list[dict[str, str | None]]:
+    """DRF's nested error detail → [{"attr": "lines.0.quantity", "code": ..., "detail": ...}]."""
+    if _is_error(detail):
+        return [{"attr": path or None, "code": detail["code"], "detail": str(detail["message"])}]
+    if isinstance(detail, dict):
+        return [error for key, value in detail.items() for error in flatten_errors(value, _join(path, key))]
+    if isinstance(detail, list):
+        if all(_is_error(item) for item in detail):
+            return [error for item in detail for error in flatten_errors(item, path)]
+        return [error for i, item in enumerate(detail) for error in flatten_errors(item, _join(path, str(i)))]
+    return [{"attr": path or None, "code": "invalid", "detail": str(detail)}]
+
+
+def _is_error(detail: Any) -> bool:
+    return isinstance(detail, dict) and set(detail) == {"message", "code"}
+
+
+def _join(path: str, key: str) -> str:
+    if key in ("non_field_errors", "__all__"):
+        return path
+    return f"{path}.{key}" if path else key
+
+
+def problem_exception_handler(exc, context):
+    request = context.get("request")
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+    elif isinstance(exc, RequestDataTooBig):
+        exc = PayloadTooLarge()
+
+    if isinstance(exc, DomainError):
+        set_rollback()
+        body = problem(request, status=exc.status, slug=exc.slug, title=exc.title, detail=exc.detail, **exc.extensions)
+        return Response(body, status=exc.status, content_type=PROBLEM_CONTENT_TYPE)
+
+    if not isinstance(exc, exceptions.APIException):
+        return None  # a bug: let Django log it and answer 500
+
+    slug, title = next(
+        ((slug, title) for cls, slug, title in _DRF_PROBLEMS if isinstance(exc, cls)),
+        ("error", "Error"),
+    )
+    extensions: dict[str, Any] = {}
+    if isinstance(exc, exceptions.ValidationError):
+        extensions["errors"] = flatten_errors(exc.get_full_details())
+        detail = "The request has invalid fields."
+    else:
+        detail = str(exc.detail)
+    headers = {}
+    if getattr(exc, "auth_header", None):
+        headers["WWW-Authenticate"] = exc.auth_header
+    if getattr(exc, "wait", None):
+        headers["Retry-After"] = str(int(exc.wait))
+    set_rollback()
+    body = problem(request, status=exc.status_code, slug=slug, title=title, detail=detail, **extensions)
+    return Response(body, status=exc.status_code, headers=headers, content_type=PROBLEM_CONTENT_TYPE)
+
+
+def not_found_view(request, exception=None):
+    body = problem(request, status=404, slug="not-found", title="Not found", detail="No such resource.")
+    return JsonResponse(body, status=404, content_type=PROBLEM_CONTENT_TYPE)
+
+
+def server_error_view(request):
+    body = problem(
+        request,
+        status=500,
+        slug="internal-error",
+        title="Internal server error",
+        detail="Something went wrong on our side; it has been logged.",
+    )
+    return JsonResponse(body, status=500, content_type=PROBLEM_CONTENT_TYPE)

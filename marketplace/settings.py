@@ -1,0 +1,206 @@
+"""Settings for marketplace, read from environment variables (see .env.example).
+
+Every default works on a developer machine with PostgreSQL and RabbitMQ on localhost.
+"""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DEBUG = env.bool("DJANGO_DEBUG", default=True)
+SECRET_KEY = env("DJANGO_SECRET_KEY", default="insecure-local-development-key-change-me")
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "marketplace.events",
+    "orders",
+    "notifications",
+    "segmentation",
+]
+
+MIDDLEWARE = [
+    "marketplace.middleware.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "marketplace.urls"
+WSGI_APPLICATION = "marketplace.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/marketplace"),
+}
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# --- REST API -------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": ["marketplace.parsers.BoundedJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": env.int("API_PAGE_SIZE", default=20),
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "marketplace.problems.problem_exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "marketplace API",
+    "DESCRIPTION": (
+        "Place orders; every accepted order publishes one `order.placed` event. "
+        "Errors are RFC 9457 problem details (`application/problem+json`)."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Orders ---------------------------------------------------------------------------------
+MARKETPLACE_CURRENCY = env("MARKETPLACE_CURRENCY", default="EUR")
+ORDER_MAX_LINES = env.int("ORDER_MAX_LINES", default=50)
+ORDER_MAX_QUANTITY = env.int("ORDER_MAX_QUANTITY", default=100)
+API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
+
+# --- Event bus ------------------------------------------------------------------------------
+BROKER_URL = env("BROKER_URL", default="amqp://guest:guest@127.0.0.1:5672//")
+EVENTS_SOURCE = env("EVENTS_SOURCE", default="marketplace/orders")
+# The request never waits longer than this on the broker: connect + publisher confirm.
+EVENTS_PUBLISH_TIMEOUT = env.float("EVENTS_PUBLISH_TIMEOUT", default=1.0)
+# After a failed on-commit publish, requests skip the broker for this long (the relay delivers).
+EVENTS_PUBLISH_COOLDOWN = env.float("EVENTS_PUBLISH_COOLDOWN", default=5.0)
+# A claimed outbox row is left to its claimer for this long before the relay may take it over.
+OUTBOX_CLAIM_SECONDS = env.float("OUTBOX_CLAIM_SECONDS", default=30.0)
+OUTBOX_BATCH_SIZE = env.int("OUTBOX_BATCH_SIZE", default=100)
+OUTBOX_POLL_SECONDS = env.float("OUTBOX_POLL_SECONDS", default=1.0)
+OUTBOX_RETRY_MAX_SECONDS = env.float("OUTBOX_RETRY_MAX_SECONDS", default=60.0)
+
+# --- Celery (subscribers) -------------------------------------------------------------------
+CELERY_BROKER_URL = BROKER_URL
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+# A message is acknowledged only once its handler finished; failures are rejected so they reach
+# the subscriber's dead-letter queue instead of being dropped.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT = False
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_CONSUMER = "marketplace.events.consumer:EventConsumer"
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# Retry policy per subscriber. Celery's countdown retries wait inside the worker unacknowledged,
+# so retry_backoff_max must stay well below RabbitMQ's consumer timeout (30 minutes).
+SUBSCRIBER_RETRY_DEFAULTS = {
+    "max_retries": env.int("SUBSCRIBER_MAX_RETRIES", default=5),
+    "retry_backoff": env.int("SUBSCRIBER_RETRY_BACKOFF", default=2),
+    "retry_backoff_max": env.int("SUBSCRIBER_RETRY_BACKOFF_MAX", default=300),
+    "retry_jitter": env.bool("SUBSCRIBER_RETRY_JITTER", default=True),
+}
+SUBSCRIBER_RETRY = {
+    name: {
+        **SUBSCRIBER_RETRY_DEFAULTS,
+        **env.json(f"SUBSCRIBER_RETRY_{name.upper()}", default={}),
+    }
+    for name in ("order_confirmation", "seller_notification", "customer_segmentation")
+}
+
+# --- Notifications --------------------------------------------------------------------------
+EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_HOST_USER = env("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
+EMAIL_TIMEOUT = env.float("EMAIL_TIMEOUT", default=10.0)
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="orders@marketplace.localhost")
+SERVER_EMAIL = env("SERVER_EMAIL", default="alerts@marketplace.localhost")
+ADMINS = [("Marketplace team", email) for email in env.list("ADMINS", default=["team@marketplace.localhost"])]
+SELLER_WEBHOOK_TIMEOUT = env.float("SELLER_WEBHOOK_TIMEOUT", default=5.0)
+
+# --- Customer segmentation ------------------------------------------------------------------
+# A buyer is "new" after one order, "returning" from 2 orders, "loyal" from LOYAL_ORDERS orders,
+# and "high_value" once lifetime spend reaches HIGH_VALUE_SPEND (high value wins over loyal).
+SEGMENT_RETURNING_ORDERS = env.int("SEGMENT_RETURNING_ORDERS", default=2)
+SEGMENT_LOYAL_ORDERS = env.int("SEGMENT_LOYAL_ORDERS", default=5)
+SEGMENT_HIGH_VALUE_SPEND = env("SEGMENT_HIGH_VALUE_SPEND", default="1000.00")
+
+# --- Flower ---------------------------------------------------------------------------------
+FLOWER_BASIC_AUTH = env("FLOWER_BASIC_AUTH", default="admin:admin")
+RABBITMQ_MANAGEMENT_URL = env("RABBITMQ_MANAGEMENT_URL", default="http://guest:guest@127.0.0.1:15672/api/")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "amqp": {"level": "WARNING"},
+        "kombu": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,55 @@
+from decimal import Decimal
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import transaction
+from rest_framework.authtoken.models import Token
+
+from orders.models import Product, Seller
+
+SELLERS = [
+    (
+        "Acme Tools",
+        "sales@acme.example",
+        [("ACME-HAMMER", "Claw hammer", "19.90", 100), ("ACME-WRENCH", "Adjustable wrench", "24.50", 60)],
+    ),
+    (
+        "Bolt & Co",
+        "orders@bolt.example",
+        [("BOLT-M8-100", "M8 bolts, box of 100", "9.99", 500), ("BOLT-DRILL", "Cordless drill", "129.00", 15)],
+    ),
+    ("Canvas Goods", "hello@canvas.example", [("CANVAS-TOTE", "Canvas tote bag", "14.00", 200)]),
+]
+BUYERS = [("alice", "alice@example.com", "Alice", "Archer"), ("bob", "bob@example.com", "Bob", "Baker")]
+ADMIN = ("admin", "admin@marketplace.localhost", "admin")
+
+
+class Command(BaseCommand):
+    help = "Create demo sellers, products, buyers (with API tokens) and an admin; safe to run again."
+
+    @transaction.atomic
+    def handle(self, *args, **options):
+        User = get_user_model()
+        for name, email, products in SELLERS:
+            seller, _ = Seller.objects.get_or_create(name=name, defaults={"email": email})
+            for sku, title, price, stock in products:
+                Product.objects.get_or_create(
+                    sku=sku, defaults={"seller": seller, "name": title, "price": Decimal(price), "stock": stock}
+                )
+        tokens = []
+        for username, email, first, last in BUYERS:
+            buyer, created = User.objects.get_or_create(
+                username=username, defaults={"email": email, "first_name": first, "last_name": last}
+            )
+            if created:
+                buyer.set_unusable_password()
+                buyer.save()
+            tokens.append((username, Token.objects.get_or_create(user=buyer)[0].key))
+        username, email, password = ADMIN
+        if not User.objects.filter(username=username).exists():
+            User.objects.create_superuser(username=username, email=email, password=password)
+
+        self.stdout.write(f"{Seller.objects.count()} sellers, {Product.objects.count()} products")
+        self.stdout.write(f"admin login: {username} / {password}")
+        for username, key in tokens:
+            self.stdout.write(f"buyer {username}: Authorization: Token {key}")

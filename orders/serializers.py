@@ -1,0 +1,62 @@
+from django.conf import settings
+from rest_framework import serializers
+
+from orders.models import Order, OrderLine, Product
+
+
+class ProductOutputSerializer(serializers.ModelSerializer):
+    seller = serializers.IntegerField(source="seller_id")
+    seller_name = serializers.CharField(source="seller.name")
+    price = serializers.DecimalField(max_digits=12, decimal_places=2, coerce_to_string=True)
+
+    class Meta:
+        model = Product
+        fields = ["id", "sku", "name", "seller", "seller_name", "price", "stock"]
+
+
+class OrderLineInputSerializer(serializers.Serializer):
+    product = serializers.IntegerField(min_value=1)
+    quantity = serializers.IntegerField(min_value=1)
+
+    def validate_quantity(self, value):
+        if value > settings.ORDER_MAX_QUANTITY:
+            raise serializers.ValidationError(
+                f"Ensure this value is less than or equal to {settings.ORDER_MAX_QUANTITY}.", code="max_value"
+            )
+        return value
+
+
+class OrderInputSerializer(serializers.Serializer):
+    lines = OrderLineInputSerializer(many=True, allow_empty=False)
+
+    def validate_lines(self, lines):
+        if len(lines) > settings.ORDER_MAX_LINES:
+            raise serializers.ValidationError(
+                f"An order has at most {settings.ORDER_MAX_LINES} lines.", code="max_length"
+            )
+        seen = set()
+        for line in lines:
+            if line["product"] in seen:
+                raise serializers.ValidationError(
+                    f"Product {line['product']} appears more than once; use one line with the total quantity.",
+                    code="duplicate_product",
+                )
+            seen.add(line["product"])
+        return lines
+
+
+class OrderLineOutputSerializer(serializers.ModelSerializer):
+    product = serializers.IntegerField(source="product_id")
+    seller = serializers.IntegerField(source="seller_id")
+
+    class Meta:
+        model = OrderLine
+        fields = ["product", "sku", "name", "seller", "quantity", "unit_price", "line_total"]
+
+
+class OrderOutputSerializer(serializers.ModelSerializer):
+    lines = OrderLineOutputSerializer(many=True)
+
+    class Meta:
+        model = Order
+        fields = ["id", "status", "lines", "total", "currency", "created_at"]

@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection, transaction
+
+from marketplace.events.outbox import enqueue_event
+from marketplace.exceptions import Conflict, InvalidInput, UnprocessableRequest
+from orders.events import order_placed_envelope
+from orders.models import IdempotencyKey, Order, OrderLine, Product
+
+CENT = Decimal("0.01")
+
+
+@dataclass(frozen=True)
+class LineRequest:
+    product_id: int
+    quantity: int
+
+
+@dataclass(frozen=True)
+class PlacedOrder:
+    order: Order
+    replayed: bool = False
+
+
+class InsufficientStock(Conflict):
+    slug = "insufficient-stock"
+    title = "Insufficient stock"
+
+
+class IdempotencyKeyReused(UnprocessableRequest):
+    slug = "idempotency-key-reused"
+    title = "Idempotency key reused"
+
+
+def request_fingerprint(lines: list[LineRequest]) -> str:
+    canonical = json.dumps(sorted((line.product_id, line.quantity) for line in lines))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def order_place(
+    *,
+    buyer: AbstractBaseUser,
+    lines: list[LineRequest],
+    correlation_id: str,
+    idempotency_key: str | None = None,
+) -> PlacedOrder:
+    """Place an order: check every line, take the stock, save the order and its event, atomically.
+
+    Product rows are locked in id order, so concurrent multi-line orders cannot deadlock, and
+    stock is checked under the lock, so it never goes below zero (the CHECK constraint backs
+    this up). The ``order.placed`` event is written to the outbox in the same transaction.
+    """
+    fingerprint = request_fingerprint(lines)
+    with transaction.atomic():
+        if idempotency_key is not None:
+            _lock_idempotency_key(buyer_id=buyer.pk, key=idempotency_key)
+            previous = IdempotencyKey.objects.filter(buyer=buyer, key=idempotency_key).select_related("order").first()
+            if previous is not None:
+                if previous.request_fingerprint != fingerprint:
+                    raise IdempotencyKeyReused(
+                        "This Idempotency-Key was used with a different request body.",
+                        order=previous.order_id,
+                    )
+                return PlacedOrder(order=previous.order, replayed=True)
+
+        products = {
+            product.pk: product
+            for product in Product.objects.select_for_update()
+            .filter(pk__in=sorted({line.product_id for line in lines}))
+            .order_by("pk")
+        }
+        _check_products(lines, products)
+        _check_stock(lines, products)
+
+        order = Order.objects.create(buyer=buyer, currency=settings.MARKETPLACE_CURRENCY)
+        order_lines = []
+        for line in lines:
+            product = products[line.product_id]
+            product.stock -= line.quantity
+            order_lines.append(
+                OrderLine(
+                    order=order,
+                    product=product,
+                    seller_id=product.seller_id,
+                    sku=product.sku,
+                    name=product.name,
+                    quantity=line.quantity,
+                    unit_price=product.price,
+                    line_total=(product.price * line.quantity).quantize(CENT),
+                )
+            )
+        Product.objects.bulk_update(products.values(), ["stock"])
+        OrderLine.objects.bulk_create(order_lines)
+        order.total = sum((line.line_total for line in order_lines), Decimal("0.00"))
+        order.save(update_fields=["total"])
+
+        if idempotency_key is not None:
+            IdempotencyKey.objects.create(
+                buyer=buyer, key=idempotency_key, request_fingerprint=fingerprint, order=order
+            )
+        enqueue_event(order_placed_envelope(order=order, correlation_id=correlation_id))
+    return PlacedOrder(order=order)
+
+
+def _lock_idempotency_key(*, buyer_id: int, key: str) -> None:
+    """Serialise requests carrying the same key for the same buyer until this transaction ends."""
+    digest = hashlib.blake2b(f"{buyer_id}:{key}".encode(), digest_size=8).digest()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [int.from_bytes(digest, "big", signed=True)])
+
+
+def _check_products(lines: list[LineRequest], products: dict[int, Product]) -> None:
+    errors = []
+    for index, line in enumerate(lines):
+        product = products.get(line.product_id)
+        if product is None:
+            errors.append(
+                {
+                    "attr": f"lines.{index}.product",
+                    "code": "does_not_exist",
+                    "detail": f"Product {line.product_id} does not exist.",
+                }
+            )
+        elif not product.is_active:
+            errors.append(
+                {
+                    "attr": f"lines.{index}.product",
+                    "code": "inactive",
+                    "detail": f"Product {line.product_id} is not for sale.",
+                }
+            )
+    if errors:
+        raise InvalidInput(errors)
+
+
+def _check_stock(lines: list[LineRequest], products: dict[int, Product]) -> None:
+    shortages = [
+        {
+            "line": index,
+            "product": line.product_id,
+            "requested": line.quantity,
+            "available": products[line.product_id].stock,
+        }
+        for index, line in enumerate(lines)
+        if products[line.product_id].stock < line.quantity
+    ]
+    if shortages:
+        raise InsufficientStock(
+            "Not enough stock for "
+            + ", ".join(
+                f"product {s['product']} ({s['requested']} requested, {s['available']} available)" for s in shortages
+            )
+            + ".",
+            shortages=shortages,
+        )
