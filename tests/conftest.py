@@ -1,0 +1,332 @@
+"""Shared fixtures: a private RabbitMQ vhost, real Celery worker processes, controllable faults.
+
+Every test session gets its own vhost (deleted at the end) and pytest-django's own database, so
+tests never touch a running stack's queues or data, nor each other's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from kombu import Connection, Queue
+
+from marketplace.celery import app as celery_app
+from marketplace.events import publisher, topology
+from tests.support.faults import read_json_lines
+
+ROOT = Path(__file__).resolve().parent.parent
+RABBITMQCTL = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+
+# Fast, deterministic retry policy for worker processes: backoff 1s, 2s, ... no jitter, 2 retries.
+TEST_RETRY_ENV = {
+    "SUBSCRIBER_MAX_RETRIES": "2",
+    "SUBSCRIBER_RETRY_BACKOFF": "1",
+    "SUBSCRIBER_RETRY_BACKOFF_MAX": "8",
+    "SUBSCRIBER_RETRY_JITTER": "false",
+}
+
+
+def rabbitmqctl(*args: str, timeout: float = 120) -> str:
+    result = subprocess.run([RABBITMQCTL, *args], capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr or result.stdout}")
+    return result.stdout
+
+
+def eventually(check, *, timeout: float = 15.0, interval: float = 0.1, message: str = "condition"):
+    """Poll ``check`` until it returns something truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+# --- broker --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def broker_url():
+    vhost = f"marketplace-test-{uuid.uuid4().hex[:10]}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _point_everything_at_the_test_broker(broker_url, tmp_path_factory):
+    settings.BROKER_URL = broker_url
+    celery_app.conf.broker_url = broker_url
+    os.environ["FAULTS_DIR"] = str(tmp_path_factory.mktemp("faults"))
+    with Connection(broker_url) as conn:
+        topology.declare(conn)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_publisher():
+    """Each test starts with no cached broker connection and no publish cooldown."""
+    publisher._local.publisher = None
+    publisher._cooldown_until = 0.0
+    yield
+    if getattr(publisher._local, "publisher", None) is not None:
+        publisher._local.publisher.close()
+        publisher._local.publisher = None
+
+
+@pytest.fixture
+def broker(broker_url):
+    with Connection(broker_url) as conn:
+        conn.connect()
+        yield conn
+
+
+@pytest.fixture
+def purge_queues(broker):
+    """Empty every subscriber queue and dead-letter queue before the test."""
+    for subscriber in topology.SUBSCRIBERS:
+        for name in (subscriber.queue_name, subscriber.dead_letter_queue_name):
+            broker.default_channel.queue_purge(name)
+
+
+def queue_depth(conn: Connection, name: str) -> int:
+    _, count, _ = conn.default_channel.queue_declare(queue=name, passive=True)
+    return count
+
+
+class EventTap:
+    """A durable queue of the test's own, bound to the events exchange: a subscriber that
+    orders/ never heard of. It survives a broker restart; every drain uses a fresh connection."""
+
+    def __init__(self, broker_url: str):
+        self.broker_url = broker_url
+        self.queue = Queue(f"test.tap.{uuid.uuid4().hex[:8]}", exchange=topology.EVENTS_EXCHANGE, durable=True)
+        with Connection(broker_url) as conn:
+            self.queue(conn.default_channel).declare()
+
+    def drain(self, *, expected: int | None = None, timeout: float = 10.0, quiet: float = 0.5) -> list:
+        """Collect messages until ``expected`` arrived (or none are expected) and then
+        nothing more came for ``quiet`` seconds, or ``timeout`` passed."""
+        messages = []
+        deadline = time.monotonic() + timeout
+        last = time.monotonic()
+        with Connection(self.broker_url) as conn:
+            bound = self.queue(conn.default_channel)
+            while time.monotonic() < deadline:
+                message = bound.get(no_ack=True)
+                if message is not None:
+                    messages.append(message)
+                    last = time.monotonic()
+                    continue
+                if (expected is None or len(messages) >= expected) and time.monotonic() - last > quiet:
+                    break
+                time.sleep(0.05)
+        return messages
+
+    def delete(self) -> None:
+        with Connection(self.broker_url) as conn:
+            conn.default_channel.queue_delete(self.queue.name)
+
+
+@pytest.fixture
+def event_tap(broker_url):
+    tap = EventTap(broker_url)
+    yield tap
+    tap.delete()
+
+
+def wait_for_broker(timeout: float = 60.0) -> None:
+    def reachable():
+        try:
+            with Connection(settings.BROKER_URL, connect_timeout=1) as conn:
+                conn.connect()
+            return True
+        except Exception:
+            return False
+
+    eventually(reachable, timeout=timeout, interval=0.5, message="RabbitMQ to accept connections")
+
+
+@contextmanager
+def broker_stopped():
+    """Stop the RabbitMQ application for the block; always start it again, even if the test fails."""
+    rabbitmqctl("stop_app")
+    try:
+        yield
+    finally:
+        rabbitmqctl("start_app")
+        wait_for_broker()
+
+
+# --- faults ----------------------------------------------------------------------------------
+
+
+class Faults:
+    """The test's handle on the controllable edges (see tests/support/faults.py)."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+
+    def fail_email(self, times: int | str) -> None:
+        (self.dir / "email.fail").write_text(str(times))
+
+    def delay_email(self, seconds: float) -> None:
+        (self.dir / "email.delay").write_text(str(seconds))
+
+    def heal(self) -> None:
+        for name in ("email.fail", "email.delay"):
+            (self.dir / name).unlink(missing_ok=True)
+
+    def emails(self) -> list[dict]:
+        return read_json_lines(self.dir, "email.log")
+
+    def task_starts(self, task: str | None = None) -> list[dict]:
+        starts = read_json_lines(self.dir, "tasks.log")
+        return [s for s in starts if task is None or s["task"] == task]
+
+
+@pytest.fixture
+def faults():
+    directory = Path(os.environ["FAULTS_DIR"])
+    for path in directory.iterdir():
+        path.unlink()
+    yield Faults(directory)
+
+
+# --- worker processes ------------------------------------------------------------------------
+
+
+class WorkerProcess:
+    """A real ``celery worker`` process for one subscriber queue, in its own process group."""
+
+    def __init__(self, subscriber: topology.Subscriber, env: dict[str, str], log_dir: Path):
+        self.subscriber = subscriber
+        self.env = env
+        self.log_path = log_dir / f"{subscriber.name}-{uuid.uuid4().hex[:6]}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> WorkerProcess:
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - lives as long as the process
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "marketplace",
+                "worker",
+                "-Q",
+                self.subscriber.queue_name,
+                "-n",
+                f"{self.subscriber.name}-{uuid.uuid4().hex[:6]}@%h",
+                "--concurrency",
+                "1",
+                "--loglevel",
+                "INFO",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        eventually(self._ready, timeout=60, interval=0.2, message=f"worker {self.subscriber.name} to be ready")
+        return self
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            pytest.fail(f"worker {self.subscriber.name} exited:\n{self.log_path.read_text()[-3000:]}")
+        return "ready." in self.log_path.read_text()
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool children) at once."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def worker_env(broker_url, django_db_setup):
+    db = connection.settings_dict
+    database_url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.worker_settings",
+        "DATABASE_URL": database_url,
+        "DATABASE_CONN_MAX_AGE": "0",
+        "BROKER_URL": broker_url,
+        "PYTHONPATH": str(ROOT),
+        **TEST_RETRY_ENV,
+    }
+
+
+@pytest.fixture(scope="session")
+def start_worker(worker_env, tmp_path_factory):
+    """Start an extra worker for a subscriber (stopped at the end of the session)."""
+    log_dir = tmp_path_factory.mktemp("worker-logs")
+    started: list[WorkerProcess] = []
+
+    def start(name: str) -> WorkerProcess:
+        worker = WorkerProcess(topology.subscriber_named(name), worker_env, log_dir).start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture(scope="session")
+def session_workers(start_worker):
+    return {subscriber.name: start_worker(subscriber.name) for subscriber in topology.SUBSCRIBERS}
+
+
+@pytest.fixture
+def workers(session_workers, transactional_db, purge_queues, faults):
+    """One live worker per subscriber, empty queues, clean fault controls, committed test data."""
+    for worker in session_workers.values():
+        assert worker.process.poll() is None, f"worker {worker.subscriber.name} died: {worker.log_path}"
+    return session_workers
+
+
+# --- API ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def client_for():
+    """``client_for(buyer)``: an API client authenticated with the buyer's token."""
+    from rest_framework.test import APIClient
+
+    from tests.factories import token_for
+
+    def make(buyer) -> APIClient:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {token_for(buyer)}")
+        return client
+
+    return make
