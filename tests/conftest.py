@@ -204,7 +204,7 @@ def faults():
     directory = Path(os.environ["FAULTS_DIR"])
     for path in directory.iterdir():
         path.unlink()
-    yield Faults(directory)
+    return Faults(directory)
 
 
 # --- worker processes ------------------------------------------------------------------------
