@@ -10,7 +10,8 @@ import environ
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+if (BASE_DIR / ".env").exists():
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = env.bool("DJANGO_DEBUG", default=True)
 SECRET_KEY = env("DJANGO_SECRET_KEY", default="insecure-local-development-key-change-me")
@@ -37,6 +38,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "marketplace.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -77,6 +79,12 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# gunicorn serves the admin's and the API docs' assets itself (no internet, no separate server).
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = DEBUG
 
 # --- REST API -------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -185,10 +193,6 @@ SELLER_WEBHOOK_TIMEOUT = env.float("SELLER_WEBHOOK_TIMEOUT", default=5.0)
 SEGMENT_RETURNING_ORDERS = env.int("SEGMENT_RETURNING_ORDERS", default=2)
 SEGMENT_LOYAL_ORDERS = env.int("SEGMENT_LOYAL_ORDERS", default=5)
 SEGMENT_HIGH_VALUE_SPEND = env("SEGMENT_HIGH_VALUE_SPEND", default="1000.00")
-
-# --- Flower ---------------------------------------------------------------------------------
-FLOWER_BASIC_AUTH = env("FLOWER_BASIC_AUTH", default="admin:admin")
-RABBITMQ_MANAGEMENT_URL = env("RABBITMQ_MANAGEMENT_URL", default="http://guest:guest@127.0.0.1:15672/api/")
 
 LOGGING = {
     "version": 1,
