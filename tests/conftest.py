@@ -291,8 +291,9 @@ def start_worker(worker_env, tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("worker-logs")
     started: list[WorkerProcess] = []
 
-    def start(name: str) -> WorkerProcess:
-        worker = WorkerProcess(topology.subscriber_named(name), worker_env, log_dir).start()
+    def start(name: str, **extra_env: str) -> WorkerProcess:
+        env = {**worker_env, **extra_env}
+        worker = WorkerProcess(topology.subscriber_named(name), env, log_dir).start()
         started.append(worker)
         return worker
 
@@ -330,3 +331,73 @@ def client_for():
         return client
 
     return make
+
+
+@pytest.fixture
+def replace_worker(session_workers, start_worker):
+    """Swap a subscriber's session worker for one with extra environment (e.g. a slower backoff).
+
+    The subscriber gets a normal worker back afterwards, so later tests find the usual set.
+    """
+    replaced: list[str] = []
+
+    def replace(name: str, **extra_env: str) -> WorkerProcess:
+        session_workers[name].stop()
+        worker = start_worker(name, **extra_env)
+        session_workers[name] = worker
+        replaced.append(name)
+        return worker
+
+    yield replace
+    for name in replaced:
+        session_workers[name].stop()
+        session_workers[name] = start_worker(name)
+
+
+# --- seller webhook (an external system, mocked at its edge: a real HTTP server) ---------------
+
+
+class SellerWebhook:
+    """A seller's HTTP endpoint on localhost whose answers the test controls."""
+
+    def __init__(self):
+        import http.server
+        import json
+        import threading
+
+        self.requests: list[dict] = []
+        self.statuses: list[int] = []  # answers to give, in order; then `default_status`
+        self.default_status = 200
+        webhook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                status = webhook.statuses.pop(0) if webhook.statuses else webhook.default_status
+                webhook.requests.append(
+                    {"headers": dict(self.headers), "body": json.loads(body or b"null"), "status": status}
+                )
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/orders"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def accepted(self) -> list[dict]:
+        return [r for r in self.requests if r["status"] < 300]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def seller_webhook():
+    webhook = SellerWebhook()
+    yield webhook
+    webhook.close()
