@@ -1,0 +1,150 @@
+"""Duplicates, worker crashes and malformed messages: the effect still happens exactly once."""
+
+import json
+import uuid
+
+import pytest
+from kombu import Connection, Producer
+
+from marketplace.events import topology
+from marketplace.events.envelope import InvalidEnvelope
+from marketplace.events.models import FailedEvent, ProcessedEvent
+from marketplace.events.publisher import BrokerPublisher
+from segmentation.models import CustomerProfile
+from tests.conftest import eventually, queue_depth
+
+pytestmark = [pytest.mark.workers]
+
+CONFIRMATION = "notifications.send_order_confirmation"
+SELLERS = "notifications.notify_sellers"
+SEGMENTATION = "segmentation.update_customer_segment"
+
+
+def test_the_same_event_delivered_three_times_has_one_effect_per_subscriber(
+    workers, faults, shop, place_order, seller_webhook, broker_url
+):
+    _, envelope = place_order(shop.buyer, (shop.product, 3))
+    publisher = BrokerPublisher(url=broker_url)
+    for _ in range(2):  # the outbox already published it once
+        publisher.publish(envelope)
+    publisher.close()
+
+    for task in (CONFIRMATION, SELLERS, SEGMENTATION):
+        eventually(lambda task=task: len(faults.task_starts(task)) == 3, timeout=20, message=f"3 runs of {task}")
+    assert [mail["to"] for mail in faults.emails()] == [[shop.buyer.email]]
+    assert len(seller_webhook.accepted()) == 1
+    profile = CustomerProfile.objects.get(buyer=shop.buyer)
+    assert profile.order_count == 1
+    assert ProcessedEvent.objects.filter(event_id=envelope["id"]).count() == 3
+    assert not FailedEvent.objects.exists()
+
+
+def test_a_worker_killed_mid_task_loses_nothing_and_repeats_nothing(
+    workers, faults, shop, place_order, start_worker, session_workers
+):
+    faults.delay_email(30)  # the confirmation hangs in the email provider
+    _, envelope = place_order(shop.buyer, (shop.product, 1))
+    eventually(lambda: faults.task_starts(CONFIRMATION), timeout=15, message="the confirmation to start")
+
+    session_workers["order_confirmation"].kill()  # SIGKILL, main process and pool child
+    faults.heal()
+    session_workers["order_confirmation"] = start_worker("order_confirmation")
+
+    emails = eventually(lambda: faults.emails(), timeout=30, message="the redelivered confirmation")
+    assert [mail["event_id"] for mail in emails] == [envelope["id"]]
+    starts = faults.task_starts(CONFIRMATION)
+    assert len(starts) == 2
+    assert starts[0]["task_id"] == starts[1]["task_id"]  # the same message, redelivered
+    assert ProcessedEvent.objects.filter(subscriber="order_confirmation").count() == 1
+    assert not FailedEvent.objects.exists()
+
+
+def test_a_retry_waiting_in_a_killed_worker_is_not_lost(workers, faults, shop, place_order, replace_worker, broker):
+    # A long first backoff keeps the retry waiting (unacknowledged) inside the worker.
+    worker = replace_worker("order_confirmation", SUBSCRIBER_RETRY_BACKOFF="8")
+    faults.fail_email(1)
+    _, envelope = place_order(shop.buyer, (shop.product, 1))
+
+    eventually(lambda: faults.task_starts(CONFIRMATION), timeout=15, message="the first attempt")
+    queue = topology.subscriber_named("order_confirmation").queue_name
+
+    def retry_held_by_worker():
+        # The first attempt was acknowledged once its retry was published; the retry is now
+        # delivered to the worker and waits for its countdown, unacknowledged.
+        return "Retry in" in worker.log_path.read_text() and queue_depth(broker, queue) == 0
+
+    eventually(retry_held_by_worker, timeout=15, message="the retry to wait in the worker")
+    worker.kill()
+    eventually(lambda: queue_depth(broker, queue) == 1, timeout=15, message="the retry back on the queue")
+
+    replace_worker("order_confirmation")
+    # The redelivered retry keeps its ETA (8 s after the first attempt) and runs then.
+    emails = eventually(lambda: faults.emails(), timeout=30, message="the retried confirmation")
+    assert [mail["event_id"] for mail in emails] == [envelope["id"]]
+    assert [start["retries"] for start in faults.task_starts(CONFIRMATION)] == [0, 1]
+
+
+def _publish_raw(broker_url, body: bytes, content_type: str = "application/json") -> None:
+    with Connection(broker_url) as conn:
+        Producer(conn.default_channel).publish(
+            body,
+            exchange=topology.EVENTS_EXCHANGE,
+            routing_key="",
+            serializer=None,
+            content_type=content_type,
+            content_encoding="utf-8",
+            delivery_mode=2,
+        )
+
+
+def test_malformed_messages_are_recorded_dead_lettered_and_never_block_the_queue(
+    workers, faults, shop, place_order, broker_url, broker
+):
+    _publish_raw(broker_url, b"{not json at all")
+    _publish_raw(broker_url, json.dumps({"hello": "world"}).encode())
+    _publish_raw(broker_url, json.dumps({"id": str(uuid.uuid4()), "type": "order.placed", "version": 99}).encode())
+    _publish_raw(broker_url, b"plain words", content_type="text/plain")
+
+    _, envelope = place_order(shop.buyer, (shop.product, 1))
+
+    # The good event behind them is processed by everyone.
+    eventually(lambda: faults.emails(), timeout=15, message="the confirmation")
+    eventually(lambda: CustomerProfile.objects.filter(buyer=shop.buyer).exists(), message="segmentation")
+    eventually(lambda: ProcessedEvent.objects.filter(event_id=envelope["id"]).count() == 3, message="all effects")
+
+    for subscriber in topology.SUBSCRIBERS:
+        eventually(
+            lambda s=subscriber: FailedEvent.objects.filter(subscriber=s.name).count() == 4,
+            message=f"4 failed events for {subscriber.name}",
+        )
+        eventually(
+            lambda s=subscriber: queue_depth(broker, s.dead_letter_queue_name) == 4,
+            message=f"4 dead letters for {subscriber.name}",
+        )
+    unknown_version = FailedEvent.objects.filter(subscriber="order_confirmation", event_type="order.placed").get()
+    assert unknown_version.exception_class == f"{InvalidEnvelope.__module__}.InvalidEnvelope"
+    assert "version 99" in unknown_version.exception_message
+    unreadable = FailedEvent.objects.filter(subscriber="order_confirmation", raw_body="{not json at all").get()
+    assert unreadable.event_id is None
+    assert unreadable.payload is None
+    # Permanent failures are never retried: no task ever ran for them.
+    assert len(faults.task_starts(CONFIRMATION)) == 1
+
+
+def test_an_event_with_bad_data_fails_permanently_without_retries(workers, faults, shop, place_order, broker_url):
+    _, envelope = place_order(shop.buyer, (shop.product, 1))
+    eventually(lambda: ProcessedEvent.objects.filter(event_id=envelope["id"]).count() == 3, message="all effects")
+
+    bad = {**envelope, "id": str(uuid.uuid4())}
+    bad["data"] = {**bad["data"], "lines": [{**bad["data"]["lines"][0], "seller_id": 987654}]}
+    publisher = BrokerPublisher(url=broker_url)
+    publisher.publish(bad)
+    publisher.close()
+
+    failed = eventually(
+        lambda: FailedEvent.objects.filter(subscriber="seller_notification", event_id=bad["id"]).first(),
+        message="the seller notification to fail",
+    )
+    assert failed.exception_class == "notifications.handlers.UnknownSeller"
+    assert failed.attempts == 1
+    assert [s["retries"] for s in faults.task_starts(SELLERS) if s["event_id"] == bad["id"]] == [0]
