@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 from collections import defaultdict
 from decimal import Decimal
 from typing import Any
@@ -25,6 +26,8 @@ from django.db import transaction
 from marketplace.events.subscriber import TransientDownstreamError, claim_event
 from notifications.models import Notification
 from orders.models import Seller
+
+logger = logging.getLogger(__name__)
 
 ORDER_CONFIRMATION = "order_confirmation"
 SELLER_NOTIFICATION = "seller_notification"
@@ -65,6 +68,7 @@ def send_order_confirmation(*, envelope: dict[str, Any]) -> bool:
             recipient=buyer["email"],
             order_id=order["order_id"],
         )
+    logger.info("order %s: confirmation emailed to %s", order["order_id"], buyer["email"])
     return True
 
 
@@ -106,6 +110,7 @@ def notify_sellers(*, envelope: dict[str, Any]) -> int:
         notified += 1
     with transaction.atomic():
         claim_event(subscriber=SELLER_NOTIFICATION, event_id=envelope["id"])
+    logger.info("order %s: notified %d of %d seller(s)", order["order_id"], notified, len(lines_by_seller))
     return notified
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -9,6 +10,8 @@ from django.db import transaction
 
 from marketplace.events.subscriber import claim_event
 from segmentation.models import CustomerProfile
+
+logger = logging.getLogger(__name__)
 
 CUSTOMER_SEGMENTATION = "customer_segmentation"
 CENT = Decimal("0.01")
@@ -40,4 +43,11 @@ def update_customer_segment(*, envelope: dict[str, Any]) -> bool:
         profile.last_order_at = max(filter(None, [profile.last_order_at, placed_at]))
         profile.segment = segment_for(order_count=profile.order_count, lifetime_spend=profile.lifetime_spend)
         profile.save()
+    logger.info(
+        "buyer %s is %s: %d order(s), %s spent",
+        profile.buyer_id,
+        profile.segment,
+        profile.order_count,
+        profile.lifetime_spend,
+    )
     return True
