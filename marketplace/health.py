@@ -18,7 +18,7 @@ def healthz(request):
         checks["database"] = f"error: {type(exc).__name__}"
     try:
         with Connection(settings.BROKER_URL, connect_timeout=settings.EVENTS_PUBLISH_TIMEOUT) as broker:
-            broker.connect()
+            broker.ensure_connection(max_retries=0)  # one attempt; connect() sleeps 2s and retries
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"error: {type(exc).__name__}"

@@ -58,8 +58,14 @@ class BrokerPublisher:
                 transport_options={"confirm_publish": True},
                 heartbeat=0,
             )
-            connection.connect()
-            topology.declare(connection)
+            # One attempt only: Connection.connect() retries once after sleeping 2 seconds, which
+            # would hold every order that long while the broker is down.
+            connection.ensure_connection(max_retries=0)
+            try:
+                topology.declare(connection)
+            except Exception:
+                connection.release()
+                raise
             self._connection = connection
             self._producer = Producer(
                 connection.default_channel,

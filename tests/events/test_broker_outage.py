@@ -1,0 +1,55 @@
+"""RabbitMQ down: orders are still accepted quickly, and the relay publishes them once it is back.
+
+The only module that stops the broker (it disturbs everyone on this machine): keep it to one test.
+"""
+
+from __future__ import annotations
+
+import time
+from io import StringIO
+
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+
+from marketplace.events.models import OutboxEvent
+from tests.conftest import broker_stopped
+from tests.factories import BuyerFactory, ProductFactory
+
+pytestmark = [pytest.mark.broker]
+
+ORDERS = 20
+
+
+def test_orders_are_accepted_while_the_broker_is_down_and_relayed_once_it_is_back(
+    transactional_db, event_tap, client_for, record_property
+):
+    client = client_for(BuyerFactory())
+    product = ProductFactory(stock=100)
+    bound = settings.EVENTS_PUBLISH_TIMEOUT + 1.0
+    durations = []
+
+    with broker_stopped():  # the tap queue is durable: it was declared before, and survives the restart
+        for _ in range(ORDERS):
+            started = time.monotonic()
+            response = client.post("/api/orders/", {"lines": [{"product": product.pk, "quantity": 1}]}, format="json")
+            durations.append(time.monotonic() - started)
+            assert response.status_code == 201, response.content
+            assert durations[-1] < bound, f"order took {durations[-1]:.2f}s with the broker down (bound {bound}s)"
+
+        assert OutboxEvent.objects.filter(published_at__isnull=True).count() == ORDERS
+        health = client.get("/healthz")
+        assert health.status_code == 503
+        assert health.json()["broker"].startswith("error")
+        assert health.json()["outbox_lag_seconds"] > 0
+
+    record_property("max_order_seconds_with_broker_down", round(max(durations), 3))
+    out = StringIO()
+    call_command("relay_outbox", "--once", stdout=out)
+
+    assert f"published {ORDERS}, failed 0" in out.getvalue()
+    messages = event_tap.drain(expected=ORDERS, timeout=20)
+    delivered = sorted(message.properties["message_id"] for message in messages)
+    assert delivered == sorted(str(event_id) for event_id in OutboxEvent.objects.values_list("event_id", flat=True))
+    assert not OutboxEvent.objects.filter(published_at__isnull=True).exists()
+    print(f"max order latency with the broker down: {max(durations):.3f}s (bound {bound}s)")
