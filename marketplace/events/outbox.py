@@ -28,5 +28,6 @@ def enqueue_event(envelope: dict[str, Any]) -> OutboxEvent:
         envelope=envelope,
         claimed_until=timezone.now() + timedelta(seconds=settings.OUTBOX_CLAIM_SECONDS),
     )
-    transaction.on_commit(lambda: publish_after_commit(row.pk, envelope))
+    # robust: the order is committed by now; a failure here must never turn its 201 into a 500.
+    transaction.on_commit(lambda: publish_after_commit(row.pk, envelope), robust=True)
     return row

@@ -78,7 +78,23 @@ class BrokerPublisher:
         self._returned.add(message.properties.get("message_id"))
 
     def publish(self, envelope: dict) -> None:
-        """Publish one envelope and wait for the broker's confirm; raise on any failure."""
+        """Publish one envelope and wait for the broker's confirm; raise on any failure.
+
+        A cached connection may have gone stale (the broker restarted since the last publish), so
+        a failure on a reused connection gets one more try on a fresh one.
+        """
+        reused = self._producer is not None
+        try:
+            self._publish_once(envelope)
+        except Unroutable:
+            raise
+        except Exception:
+            if not reused:
+                raise
+            logger.info("broker connection went stale; publishing event %s on a new one", envelope["id"])
+            self._publish_once(envelope)
+
+    def _publish_once(self, envelope: dict) -> None:
         producer = self._ensure_producer()
         event_id = envelope["id"]
         self._returned.discard(event_id)
