@@ -1,9 +1,17 @@
 import io
 
 from django.conf import settings
+from rest_framework.exceptions import APIException, ParseError
 from rest_framework.parsers import JSONParser
 
-from marketplace.problems import PayloadTooLarge
+
+class PayloadTooLarge(APIException):
+    """413. Defined here, not in marketplace.problems: that module imports rest_framework.views, whose
+    APIView imports this module (DEFAULT_PARSER_CLASSES), so importing it first was a circular import."""
+
+    status_code = 413
+    default_detail = "The request body is too large."
+    default_code = "payload_too_large"
 
 
 class BoundedJSONParser(JSONParser):
@@ -18,4 +26,7 @@ class BoundedJSONParser(JSONParser):
         body = stream.read(limit + 1) if stream is not None else b""
         if len(body) > limit:
             raise PayloadTooLarge(f"The request body is over {limit} bytes.")
-        return super().parse(io.BytesIO(body), media_type, parser_context)
+        try:
+            return super().parse(io.BytesIO(body), media_type, parser_context)
+        except RecursionError as exc:  # e.g. "[[[[..." : json raises this, not a ValueError
+            raise ParseError("JSON parse error - the document is nested too deeply.") from exc

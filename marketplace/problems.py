@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
 from marketplace.exceptions import DomainError
+from marketplace.parsers import PayloadTooLarge
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_BASE_URI = "https://marketplace.example/problems/"
@@ -26,16 +27,8 @@ _DRF_PROBLEMS: list[tuple[type[exceptions.APIException], str, str]] = [
     (exceptions.NotAcceptable, "not-acceptable", "Not acceptable"),
     (exceptions.UnsupportedMediaType, "unsupported-media-type", "Unsupported media type"),
     (exceptions.Throttled, "throttled", "Too many requests"),
+    (PayloadTooLarge, "payload-too-large", "Payload too large"),
 ]
-
-
-class PayloadTooLarge(exceptions.APIException):
-    status_code = 413
-    default_detail = "The request body is too large."
-    default_code = "payload_too_large"
-
-
-_DRF_PROBLEMS.append((PayloadTooLarge, "payload-too-large", "Payload too large"))
 
 
 class ProblemSerializer(serializers.Serializer):

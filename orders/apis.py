@@ -6,15 +6,20 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
-from marketplace.problems import InsufficientStockProblemSerializer, ProblemSerializer
+from marketplace.problems import PROBLEM_CONTENT_TYPE, InsufficientStockProblemSerializer, ProblemSerializer
 from orders import selectors, services
 from orders.filters import ProductFilter
 from orders.serializers import OrderInputSerializer, OrderOutputSerializer, ProductOutputSerializer
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+# Responses are keyed (status, media type) so that errors are documented as problem+json, as they are
+# served. All keys of one operation are tuples: drf-spectacular takes the response with the smallest
+# str(key) as the main one, so a plain 200 next to (401, ...) would turn the order list into a retrieve.
+JSON = "application/json"
 
 
 def _problem(description: str, serializer=ProblemSerializer) -> OpenApiResponse:
+    """An error response; document it under its status and PROBLEM_CONTENT_TYPE, the type it is served with."""
     return OpenApiResponse(response=serializer, description=description)
 
 
@@ -37,7 +42,10 @@ class OrderListCreateApi(generics.GenericAPIView):
 
     @extend_schema(
         summary="List my orders",
-        responses={200: OrderOutputSerializer(many=True), 401: _problem("Missing or bad token.")},
+        responses={
+            (200, JSON): OrderOutputSerializer(many=True),
+            (401, PROBLEM_CONTENT_TYPE): _problem("Missing or bad token."),
+        },
     )
     def get(self, request):
         page = self.paginate_queryset(self.get_queryset())
@@ -61,21 +69,27 @@ class OrderListCreateApi(generics.GenericAPIView):
             ),
         ],
         responses={
-            201: OrderOutputSerializer,
-            400: _problem(
+            (201, JSON): OrderOutputSerializer,
+            (400, PROBLEM_CONTENT_TYPE): _problem(
                 "Invalid input: malformed JSON, wrong types, unknown or inactive product, "
                 "bad quantity, duplicate product, no or too many lines."
             ),
-            401: _problem("Missing or bad token."),
-            409: _problem("Not enough stock for one or more lines.", InsufficientStockProblemSerializer),
-            413: _problem("Request body too large."),
-            422: _problem("Idempotency-Key reused with a different request body."),
+            (401, PROBLEM_CONTENT_TYPE): _problem("Missing or bad token."),
+            (409, PROBLEM_CONTENT_TYPE): _problem(
+                "Not enough stock for one or more lines.", InsufficientStockProblemSerializer
+            ),
+            (413, PROBLEM_CONTENT_TYPE): _problem("Request body too large."),
+            (422, PROBLEM_CONTENT_TYPE): _problem("Idempotency-Key reused with a different request body."),
         },
     )
     def post(self, request):
         idempotency_key = request.headers.get("Idempotency-Key")
-        if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
-            raise ValidationError({"Idempotency-Key": [f"Must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters."]})
+        if idempotency_key is not None and not (
+            0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH and idempotency_key.isprintable()
+        ):
+            raise ValidationError(
+                {"Idempotency-Key": [f"Must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable characters."]}
+            )
         serializer = OrderInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         placed = services.order_place(
@@ -100,9 +114,9 @@ class OrderDetailApi(generics.GenericAPIView):
     @extend_schema(
         summary="One of my orders",
         responses={
-            200: OrderOutputSerializer,
-            401: _problem("Missing or bad token."),
-            404: _problem("No such order among yours."),
+            (200, JSON): OrderOutputSerializer,
+            (401, PROBLEM_CONTENT_TYPE): _problem("Missing or bad token."),
+            (404, PROBLEM_CONTENT_TYPE): _problem("No such order among yours."),
         },
     )
     def get(self, request, order_id: int):

@@ -14,9 +14,18 @@ class ProductOutputSerializer(serializers.ModelSerializer):
         fields = ["id", "sku", "name", "seller", "seller_name", "price", "stock"]
 
 
+class JSONIntegerField(serializers.IntegerField):
+    """A JSON integer (as JSON Schema defines it, so 3.0 too), never a string: DRF's IntegerField takes "3"."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class OrderLineInputSerializer(serializers.Serializer):
-    product = serializers.IntegerField(min_value=1)
-    quantity = serializers.IntegerField(min_value=1)
+    product = JSONIntegerField(min_value=1)
+    quantity = JSONIntegerField(min_value=1)
 
     def validate_quantity(self, value):
         if value > settings.ORDER_MAX_QUANTITY:

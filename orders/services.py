@@ -64,10 +64,7 @@ def order_place(
             previous = IdempotencyKey.objects.filter(buyer=buyer, key=idempotency_key).select_related("order").first()
             if previous is not None:
                 if previous.request_fingerprint != fingerprint:
-                    raise IdempotencyKeyReused(
-                        "This Idempotency-Key was used with a different request body.",
-                        order=previous.order_id,
-                    )
+                    raise IdempotencyKeyReused("This Idempotency-Key was used with a different request body.")
                 return PlacedOrder(order=previous.order, replayed=True)
 
         products = {

@@ -91,3 +91,15 @@ def test_an_events_exchange_of_another_type_is_a_topology_mismatch(throwaway_vho
             topology.declare(broker)
 
     assert "type" in str(mismatch.value)
+
+
+@pytest.mark.workers
+def test_a_worker_declares_its_queue_and_fanout_binding_on_a_fresh_broker(throwaway_vhost, start_worker):
+    worker = start_worker("customer_segmentation", BROKER_URL=throwaway_vhost.url)
+    try:
+        bindings = list_json("bindings", throwaway_vhost.name, "source_name", "destination_name")
+    finally:
+        worker.stop()
+    assert {"source_name": "marketplace.events", "destination_name": "marketplace.customer_segmentation"} in bindings
+    queues = {q["name"] for q in list_json("queues", throwaway_vhost.name, "name")}
+    assert "marketplace.customer_segmentation.dead" in queues
