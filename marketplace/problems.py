@@ -144,3 +144,7 @@ def server_error_view(request):
         detail="Something went wrong on our side; it has been logged.",
     )
     return JsonResponse(body, status=500, content_type=PROBLEM_CONTENT_TYPE)
+
+
+class IdempotencyKeyReusedProblemSerializer(ProblemSerializer):
+    order = serializers.IntegerField(help_text="The order this key already placed.")

@@ -6,7 +6,12 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
-from marketplace.problems import PROBLEM_CONTENT_TYPE, InsufficientStockProblemSerializer, ProblemSerializer
+from marketplace.problems import (
+    PROBLEM_CONTENT_TYPE,
+    IdempotencyKeyReusedProblemSerializer,
+    InsufficientStockProblemSerializer,
+    ProblemSerializer,
+)
 from orders import selectors, services
 from orders.filters import ProductFilter
 from orders.serializers import OrderInputSerializer, OrderOutputSerializer, ProductOutputSerializer
@@ -79,7 +84,9 @@ class OrderListCreateApi(generics.GenericAPIView):
                 "Not enough stock for one or more lines.", InsufficientStockProblemSerializer
             ),
             (413, PROBLEM_CONTENT_TYPE): _problem("Request body too large."),
-            (422, PROBLEM_CONTENT_TYPE): _problem("Idempotency-Key reused with a different request body."),
+            (422, PROBLEM_CONTENT_TYPE): _problem(
+                "Idempotency-Key reused with a different request body.", IdempotencyKeyReusedProblemSerializer
+            ),
         },
     )
     def post(self, request):

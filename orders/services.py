@@ -64,7 +64,10 @@ def order_place(
             previous = IdempotencyKey.objects.filter(buyer=buyer, key=idempotency_key).select_related("order").first()
             if previous is not None:
                 if previous.request_fingerprint != fingerprint:
-                    raise IdempotencyKeyReused("This Idempotency-Key was used with a different request body.")
+                    raise IdempotencyKeyReused(
+                        "This Idempotency-Key was used with a different request body.",
+                        order=previous.order_id,
+                    )
                 return PlacedOrder(order=previous.order, replayed=True)
 
         products = {
