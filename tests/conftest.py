@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -96,11 +97,9 @@ def broker(broker_url):
 
 
 @pytest.fixture
-def purge_queues(broker):
+def purge_queues(broker_url):
     """Empty every subscriber queue and dead-letter queue before the test."""
-    for subscriber in topology.SUBSCRIBERS:
-        for name in (subscriber.queue_name, subscriber.dead_letter_queue_name):
-            broker.default_channel.queue_purge(name)
+    _purge_subscriber_queues(broker_url)
 
 
 def queue_depth(conn: Connection, name: str) -> int:
@@ -218,6 +217,7 @@ class WorkerProcess:
         self.env = env
         self.log_path = log_dir / f"{subscriber.name}-{uuid.uuid4().hex[:6]}.log"
         self.process: subprocess.Popen | None = None
+        self.hostname = f"{subscriber.name}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
 
     def start(self) -> WorkerProcess:
         self.log = open(self.log_path, "w")  # noqa: SIM115 - lives as long as the process
@@ -232,7 +232,7 @@ class WorkerProcess:
                 "-Q",
                 self.subscriber.queue_name,
                 "-n",
-                f"{self.subscriber.name}-{uuid.uuid4().hex[:6]}@%h",
+                self.hostname,
                 "--concurrency",
                 "1",
                 "--loglevel",
@@ -302,9 +302,35 @@ def start_worker(worker_env, tmp_path_factory):
         worker.stop()
 
 
+def _purge_subscriber_queues(broker_url: str) -> None:
+    with Connection(broker_url) as conn:
+        for subscriber in topology.SUBSCRIBERS:
+            for name in (subscriber.queue_name, subscriber.dead_letter_queue_name):
+                conn.default_channel.queue_purge(name)
+
+
 @pytest.fixture(scope="session")
-def session_workers(start_worker):
+def session_workers(start_worker, broker_url):
+    # Tests without workers publish events too (every committed order does); the workers must not
+    # start on that backlog, whose orders are long gone from the database.
+    _purge_subscriber_queues(broker_url)
     return {subscriber.name: start_worker(subscriber.name) for subscriber in topology.SUBSCRIBERS}
+
+
+@pytest.fixture
+def paused_workers(session_workers, broker, broker_url):
+    """The session workers stop consuming for the test, so it can count what lands on the queues."""
+    for worker in session_workers.values():
+        celery_app.control.cancel_consumer(worker.subscriber.queue_name, destination=[worker.hostname])
+    for subscriber in topology.SUBSCRIBERS:
+        eventually(
+            lambda s=subscriber: broker.default_channel.queue_declare(s.queue_name, passive=True).consumer_count == 0,
+            message=f"workers to stop consuming {subscriber.queue_name}",
+        )
+    yield
+    _purge_subscriber_queues(broker_url)  # what the test left there is not for the workers
+    for worker in session_workers.values():
+        celery_app.control.add_consumer(worker.subscriber.queue_name, destination=[worker.hostname])
 
 
 @pytest.fixture

@@ -1,0 +1,33 @@
+# One image for every process: the API (default command), the outbox relay, the Celery workers
+# and Flower. docker-compose.yml picks the command per service.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN groupadd --system app \
+    && useradd --system --gid app --home-dir /app --no-create-home --shell /usr/sbin/nologin app
+
+WORKDIR /app
+
+# Dependencies come from pyproject.toml; setuptools needs the packages it lists to build.
+COPY pyproject.toml ./
+COPY marketplace ./marketplace
+COPY orders ./orders
+COPY notifications ./notifications
+COPY segmentation ./segmentation
+RUN pip install --no-cache-dir .
+
+# The project itself (manage.py); processes run from /app, which comes first on sys.path.
+COPY . .
+
+# Static files for the admin and the API docs, served by whitenoise from gunicorn. The settings'
+# defaults are enough to import them here; no database or broker is touched.
+RUN python manage.py collectstatic --noinput
+
+USER app
+
+EXPOSE 8000
+
+CMD ["gunicorn", "marketplace.wsgi", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "4", "--timeout", "30", "--access-logfile", "-"]
