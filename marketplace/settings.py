@@ -150,7 +150,8 @@ CELERY_TASK_IGNORE_RESULT = True
 # A message is acknowledged only once its handler finished; failures are rejected so they reach
 # the subscriber's dead-letter queue instead of being dropped.
 CELERY_TASK_ACKS_LATE = True
-CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT = False
+CELERY_TASK_ACKS_ON_FAILURE = False
+CELERY_TASK_ACKS_ON_TIMEOUT = False
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_CONSUMER = "marketplace.events.consumer:EventConsumer"

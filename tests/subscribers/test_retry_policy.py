@@ -24,5 +24,6 @@ def test_every_subscriber_has_a_task_with_its_retry_policy_and_its_own_retry_que
 
 def test_failures_are_rejected_to_the_dead_letter_exchange_not_acknowledged():
     assert app.conf.task_acks_late is True
-    assert app.conf.task_acks_on_failure_or_timeout is False
+    assert app.conf.task_acks_on_failure is False
+    assert app.conf.task_acks_on_timeout is False
     assert app.conf.task_reject_on_worker_lost is True
