@@ -24,10 +24,15 @@ def failed_event_replay(*, failed_event: FailedEvent, requested_by=None, via: st
     if not isinstance(failed_event.payload, dict):
         raise NotReplayable(f"failed event {failed_event.pk} holds no decodable event to replay")
     subscriber = topology.subscriber_named(failed_event.subscriber)
-    app.send_task(subscriber.task, args=[failed_event.payload], queue=subscriber.queue_name)
+    # Marked before sending: a fast success must find REPLAYING to resolve, not be overwritten by it.
     with transaction.atomic():
         FailedEvent.objects.filter(pk=failed_event.pk).update(status=FailedEvent.Status.REPLAYING)
         FailedEventReplay.objects.create(failed_event=failed_event, requested_by=requested_by, via=via)
+    try:
+        app.send_task(subscriber.task, args=[failed_event.payload], queue=subscriber.queue_name)
+    except Exception:
+        FailedEvent.objects.filter(pk=failed_event.pk).update(status=FailedEvent.Status.FAILED)
+        raise
     failed_event.status = FailedEvent.Status.REPLAYING
 
 
