@@ -39,6 +39,9 @@ class EventConsumer(Consumer):
             envelope = validate_envelope(body)
         except InvalidEnvelope as exc:
             return self._dead_letter(subscriber, message, exc, envelope=body)
+        if envelope["type"] not in subscriber.event_types:
+            logger.debug("%s does not handle %s events; skipping %s", subscriber.name, envelope["type"], envelope["id"])
+            return message.ack()
         try:
             self.app.tasks[subscriber.task].apply_async(
                 args=[envelope],

@@ -35,6 +35,8 @@ class Subscriber:
 
     name: str
     task: str
+    # Event types this subscriber acts on; others reaching its queue are acknowledged and skipped.
+    event_types: frozenset[str] = frozenset({"order.placed"})
 
     @property
     def queue_name(self) -> str:
