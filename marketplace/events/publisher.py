@@ -55,7 +55,12 @@ class BrokerPublisher:
             connection = Connection(
                 self.url,
                 connect_timeout=self.timeout,
-                transport_options={"confirm_publish": True},
+                # Every socket read and write is bounded too, so no declare or confirm waits forever.
+                transport_options={
+                    "confirm_publish": True,
+                    "read_timeout": self.timeout,
+                    "write_timeout": self.timeout,
+                },
                 heartbeat=0,
             )
             # One attempt only: Connection.connect() retries once after sleeping 2 seconds, which
@@ -141,11 +146,22 @@ def thread_publisher() -> BrokerPublisher:
     return _local.publisher
 
 
-def publish_rows(rows: list[tuple[int, dict]], publisher: BrokerPublisher) -> list[PublishResult]:
-    """Publish (outbox id, envelope) pairs in order; record every outcome on the rows."""
+def publish_rows(
+    rows: list[tuple[int, dict]], publisher: BrokerPublisher, *, deadline: float | None = None
+) -> list[PublishResult]:
+    """Publish (outbox id, envelope) pairs in order; record every outcome on the rows.
+
+    Rows not reached by ``deadline`` (a time.monotonic() value) are handed back unclaimed and
+    unattempted, so a slow broker cannot keep a batch busy past its claim and get it published twice.
+    The first row is always tried, so every call makes progress.
+    """
     results = []
     broker_error = ""
-    for outbox_id, envelope in rows:
+    for index, (outbox_id, envelope) in enumerate(rows):
+        if index and deadline is not None and time.monotonic() > deadline:
+            unreached = [row_id for row_id, _ in rows[index:]]
+            OutboxEvent.objects.filter(id__in=unreached, published_at__isnull=True).update(claimed_until=None)
+            break
         if broker_error:
             # The broker is unreachable: the rest of the batch waits for the next attempt.
             results.append(PublishResult(outbox_id, error=broker_error))
@@ -231,7 +247,8 @@ def claim_batch(limit: int) -> list[tuple[int, dict]]:
 
 def relay_once(publisher: BrokerPublisher, batch_size: int | None = None) -> list[PublishResult]:
     rows = claim_batch(batch_size or settings.OUTBOX_BATCH_SIZE)
-    return publish_rows(rows, publisher) if rows else []
+    deadline = time.monotonic() + settings.OUTBOX_CLAIM_SECONDS / 2
+    return publish_rows(rows, publisher, deadline=deadline) if rows else []
 
 
 def outbox_lag_seconds() -> float:

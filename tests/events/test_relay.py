@@ -229,3 +229,15 @@ def test_an_unroutable_event_is_logged_and_stays_pending(transactional_db, throw
     assert [result.ok for result in results] == [True]
     row.refresh_from_db()
     assert row.published_at is not None
+
+
+def test_a_batch_that_runs_out_of_claim_time_hands_the_rest_back_unattempted(pending_events, settings):
+    settings.OUTBOX_CLAIM_SECONDS = 0  # the claim is over before the first publish ends
+    rows = pending_events(5)
+    with closing(BrokerPublisher()) as publisher:
+        results = relay_once(publisher, batch_size=5)
+
+    assert [result.ok for result in results] == [True]
+    pending = OutboxEvent.objects.filter(published_at__isnull=True).order_by("id")
+    assert [row.pk for row in pending] == [row.pk for row in rows[1:]]
+    assert all(row.attempts == 0 and row.claimed_until is None for row in pending)
