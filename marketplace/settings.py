@@ -7,6 +7,8 @@ from pathlib import Path
 
 import environ
 
+from marketplace.events import topology
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -167,12 +169,13 @@ SUBSCRIBER_RETRY_DEFAULTS = {
     "retry_backoff_max": env.int("SUBSCRIBER_RETRY_BACKOFF_MAX", default=300),
     "retry_jitter": env.bool("SUBSCRIBER_RETRY_JITTER", default=True),
 }
+# Every subscriber declared in the topology can be tuned with SUBSCRIBER_RETRY_<NAME> (JSON).
 SUBSCRIBER_RETRY = {
-    name: {
+    subscriber.name: {
         **SUBSCRIBER_RETRY_DEFAULTS,
-        **env.json(f"SUBSCRIBER_RETRY_{name.upper()}", default={}),
+        **env.json(f"SUBSCRIBER_RETRY_{subscriber.name.upper()}", default={}),
     }
-    for name in ("order_confirmation", "seller_notification", "customer_segmentation")
+    for subscriber in topology.SUBSCRIBERS
 }
 
 # --- Notifications --------------------------------------------------------------------------
