@@ -116,6 +116,7 @@ def test_the_on_commit_publisher_and_a_relay_racing_over_the_same_rows_lose_noth
     finally:
         stop.set()
         relay_thread.join(timeout=30)
+    assert not relay_thread.is_alive(), "the relay thread hung"
 
     event_ids = {str(event_id) for event_id in OutboxEvent.objects.values_list("event_id", flat=True)}
     assert len(event_ids) == 30
