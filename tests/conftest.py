@@ -314,31 +314,63 @@ def session_workers(start_worker, broker_url):
     # Tests without workers publish events too (every committed order does); the workers must not
     # start on that backlog, whose orders are long gone from the database.
     _purge_subscriber_queues(broker_url)
-    return {subscriber.name: start_worker(subscriber.name) for subscriber in topology.SUBSCRIBERS}
+    workers = {subscriber.name: start_worker(subscriber.name) for subscriber in topology.SUBSCRIBERS}
+    _pause(workers, broker_url)
+    return workers
 
 
-@pytest.fixture
-def paused_workers(session_workers, broker, broker_url):
-    """The session workers stop consuming for the test, so it can count what lands on the queues."""
-    for worker in session_workers.values():
-        celery_app.control.cancel_consumer(worker.subscriber.queue_name, destination=[worker.hostname])
-    for subscriber in topology.SUBSCRIBERS:
-        eventually(
-            lambda s=subscriber: broker.default_channel.queue_declare(s.queue_name, passive=True).consumer_count == 0,
-            message=f"workers to stop consuming {subscriber.queue_name}",
+def _consumer_counts(broker_url: str) -> list[int]:
+    with Connection(broker_url) as conn:
+        return [
+            conn.default_channel.queue_declare(s.queue_name, passive=True).consumer_count for s in topology.SUBSCRIBERS
+        ]
+
+
+def _idle(workers: list[WorkerProcess]) -> bool:
+    """No task running, prefetched or waiting for its countdown in any of ``workers``."""
+    hostnames = [worker.hostname for worker in workers]
+    inspect = celery_app.control.inspect(destination=hostnames, timeout=2, limit=len(hostnames))
+    for ask in (inspect.active, inspect.reserved, inspect.scheduled):
+        replies = ask() or {}
+        if len(replies) < len(hostnames) or any(replies.values()):
+            return False
+    return True
+
+
+def _pause(session_workers: dict[str, WorkerProcess], broker_url: str) -> None:
+    """Workers stop taking messages and finish what they hold; their queues are emptied.
+
+    Between the tests that ask for them, workers consume nothing: events published by other tests
+    would otherwise be processed against a database that is being flushed.
+    """
+    alive = [worker for worker in session_workers.values() if worker.process.poll() is None]
+    for worker in alive:
+        celery_app.control.cancel_consumer(
+            worker.subscriber.queue_name, destination=[worker.hostname], reply=True, timeout=5
         )
-    yield
-    _purge_subscriber_queues(broker_url)  # what the test left there is not for the workers
+    eventually(lambda: not any(_consumer_counts(broker_url)), message="workers to stop consuming")
+    _purge_subscriber_queues(broker_url)
+    eventually(lambda: _idle(alive), timeout=30, message="workers to finish the tasks they hold")
+
+
+def _resume(session_workers: dict[str, WorkerProcess], broker_url: str) -> None:
+    _purge_subscriber_queues(broker_url)
     for worker in session_workers.values():
-        celery_app.control.add_consumer(worker.subscriber.queue_name, destination=[worker.hostname])
+        celery_app.control.add_consumer(
+            worker.subscriber.queue_name, destination=[worker.hostname], reply=True, timeout=5
+        )
+    eventually(lambda: all(count == 1 for count in _consumer_counts(broker_url)), message="workers to consume")
 
 
 @pytest.fixture
-def workers(session_workers, transactional_db, purge_queues, faults):
-    """One live worker per subscriber, empty queues, clean fault controls, committed test data."""
+def workers(session_workers, transactional_db, faults, broker_url):
+    """One live worker per subscriber, consuming only for this test, on empty queues, with clean
+    fault controls and committed test data."""
     for worker in session_workers.values():
         assert worker.process.poll() is None, f"worker {worker.subscriber.name} died: {worker.log_path}"
-    return session_workers
+    _resume(session_workers, broker_url)
+    yield session_workers
+    _pause(session_workers, broker_url)
 
 
 # --- API ----------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def staff_client(client):
 
 
 @pytest.fixture
-def empty_queues(broker, paused_workers, purge_queues):
+def empty_queues(broker, purge_queues):
     return broker
 
 
