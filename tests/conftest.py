@@ -17,6 +17,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+import kombu.pools
 import pytest
 from django.conf import settings
 from django.db import connection
@@ -169,6 +170,11 @@ def broker_stopped():
     finally:
         rabbitmqctl("start_app")
         wait_for_broker()
+        # Every pooled connection in this process died with the broker. Forget them the way Celery
+        # and kombu do after a fork, so later tests connect afresh.
+        kombu.pools.reset()
+        celery_app._after_fork()
+        celery_app.control._after_fork()
 
 
 # --- faults ----------------------------------------------------------------------------------
@@ -329,12 +335,21 @@ def _consumer_counts(broker_url: str) -> list[int]:
 def _idle(workers: list[WorkerProcess]) -> bool:
     """No task running, prefetched or waiting for its countdown in any of ``workers``."""
     hostnames = [worker.hostname for worker in workers]
-    inspect = celery_app.control.inspect(destination=hostnames, timeout=2, limit=len(hostnames))
-    for ask in (inspect.active, inspect.reserved, inspect.scheduled):
-        replies = ask() or {}
-        if len(replies) < len(hostnames) or any(replies.values()):
-            return False
+    with Connection(settings.BROKER_URL) as conn:
+        inspect = celery_app.control.inspect(destination=hostnames, timeout=2, limit=len(hostnames), connection=conn)
+        for ask in (inspect.active, inspect.reserved, inspect.scheduled):
+            replies = ask() or {}
+            if len(replies) < len(hostnames) or any(replies.values()):
+                return False
     return True
+
+
+def _control(command: str, worker: WorkerProcess) -> None:
+    """Tell one worker to start or stop consuming its queue, over a connection of its own."""
+    with Connection(settings.BROKER_URL) as conn:
+        getattr(celery_app.control, command)(
+            worker.subscriber.queue_name, destination=[worker.hostname], reply=True, timeout=5, connection=conn
+        )
 
 
 def _pause(session_workers: dict[str, WorkerProcess], broker_url: str) -> None:
@@ -345,9 +360,7 @@ def _pause(session_workers: dict[str, WorkerProcess], broker_url: str) -> None:
     """
     alive = [worker for worker in session_workers.values() if worker.process.poll() is None]
     for worker in alive:
-        celery_app.control.cancel_consumer(
-            worker.subscriber.queue_name, destination=[worker.hostname], reply=True, timeout=5
-        )
+        _control("cancel_consumer", worker)
     eventually(lambda: not any(_consumer_counts(broker_url)), message="workers to stop consuming")
     _purge_subscriber_queues(broker_url)
     eventually(lambda: _idle(alive), timeout=30, message="workers to finish the tasks they hold")
@@ -356,9 +369,7 @@ def _pause(session_workers: dict[str, WorkerProcess], broker_url: str) -> None:
 def _resume(session_workers: dict[str, WorkerProcess], broker_url: str) -> None:
     _purge_subscriber_queues(broker_url)
     for worker in session_workers.values():
-        celery_app.control.add_consumer(
-            worker.subscriber.queue_name, destination=[worker.hostname], reply=True, timeout=5
-        )
+        _control("add_consumer", worker)
     eventually(lambda: all(count == 1 for count in _consumer_counts(broker_url)), message="workers to consume")
 
 
