@@ -11,12 +11,14 @@ import json
 import logging
 import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import DurationField, ExpressionWrapper, F, Q, Value
+from django.db.models.functions import Least, Power
 from django.utils import timezone
 from kombu import Connection, Producer
 
@@ -191,19 +193,21 @@ def record_results(results: list[PublishResult]) -> None:
             last_attempt_at=now,
             last_error="",
         )
+    failed_by_error: dict[str, list[int]] = defaultdict(list)
     for result in results:
-        if result.ok:
-            continue
-        row = OutboxEvent.objects.filter(id=result.outbox_id).only("attempts").first()
-        if row is None:
-            continue
-        # Exponential backoff per row; the row stays pending forever rather than being dropped.
-        delay = min(2**row.attempts, settings.OUTBOX_RETRY_MAX_SECONDS)
-        OutboxEvent.objects.filter(id=result.outbox_id, published_at__isnull=True).update(
+        if not result.ok:
+            failed_by_error[result.error].append(result.outbox_id)
+    # Exponential backoff per row (by its own attempt count); a row stays pending, never dropped.
+    backoff = ExpressionWrapper(
+        Value(timedelta(seconds=1)) * Least(Power(2, F("attempts")), Value(settings.OUTBOX_RETRY_MAX_SECONDS)),
+        output_field=DurationField(),
+    )
+    for error, outbox_ids in failed_by_error.items():
+        OutboxEvent.objects.filter(id__in=outbox_ids, published_at__isnull=True).update(
             attempts=F("attempts") + 1,
             last_attempt_at=now,
-            last_error=result.error[:2000],
-            claimed_until=now + timedelta(seconds=delay),
+            last_error=error[:2000],
+            claimed_until=Value(now) + backoff,
         )
 
 
