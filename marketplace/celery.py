@@ -15,6 +15,8 @@ app.autodiscover_tasks()
 
 @worker_init.connect
 def declare_topology(sender=None, **kwargs):
-    """Workers declare the whole topology (including fanout bindings) before consuming."""
+    """Workers declare the whole topology (bindings and retry queues too) before consuming."""
+    from django.conf import settings
+
     with app.connection_for_write() as connection:
-        topology.declare(connection)
+        topology.declare(connection, settings.SUBSCRIBER_RETRY_DELAYS)

@@ -130,6 +130,10 @@ API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
 
 # --- Event bus ------------------------------------------------------------------------------
 BROKER_URL = env("BROKER_URL", default="amqp://guest:guest@127.0.0.1:5672//")
+# The broker's management HTTP API: the only place bindings can be read (topology checks).
+RABBITMQ_MANAGEMENT_URL = env("RABBITMQ_MANAGEMENT_URL", default="http://guest:guest@127.0.0.1:15672/api/")
+# The relay checks the broker topology (queues, arguments, bindings) this often, in seconds.
+TOPOLOGY_CHECK_SECONDS = env.float("TOPOLOGY_CHECK_SECONDS", default=60.0)
 EVENTS_SOURCE = env("EVENTS_SOURCE", default="marketplace/orders")
 # The request never waits longer than this on the broker: connect + publisher confirm.
 EVENTS_PUBLISH_TIMEOUT = env.float("EVENTS_PUBLISH_TIMEOUT", default=1.0)
@@ -149,11 +153,13 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
-# A message is acknowledged only once its handler finished; failures are rejected so they reach
-# the subscriber's dead-letter queue instead of being dropped.
+# A message is acknowledged only once its handler finished. A task that gives up has already
+# published its message, with the failure in its headers, to the dead-letter exchange (see
+# marketplace/events/subscriber.py), so Celery acknowledges the original; a worker that dies
+# mid-task returns its message to the queue, whose delivery limit ends a crash loop.
 CELERY_TASK_ACKS_LATE = True
-CELERY_TASK_ACKS_ON_FAILURE = False
-CELERY_TASK_ACKS_ON_TIMEOUT = False
+CELERY_TASK_ACKS_ON_FAILURE = True
+CELERY_TASK_ACKS_ON_TIMEOUT = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_CONSUMER = "marketplace.events.consumer:EventConsumer"
@@ -161,13 +167,13 @@ CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
-# Retry policy per subscriber. Celery's countdown retries wait inside the worker unacknowledged,
-# so retry_backoff_max must stay well below RabbitMQ's consumer timeout (30 minutes).
+# Retry policy per subscriber: attempt n (from 0) waits retry_backoff * 2**n seconds, capped at
+# retry_backoff_max, in the subscriber's TTL retry queue for that wait (never unacknowledged in a
+# worker). There is no jitter: a wait never collapses to 0 s.
 SUBSCRIBER_RETRY_DEFAULTS = {
     "max_retries": env.int("SUBSCRIBER_MAX_RETRIES", default=5),
     "retry_backoff": env.int("SUBSCRIBER_RETRY_BACKOFF", default=2),
     "retry_backoff_max": env.int("SUBSCRIBER_RETRY_BACKOFF_MAX", default=300),
-    "retry_jitter": env.bool("SUBSCRIBER_RETRY_JITTER", default=True),
 }
 # Every subscriber declared in the topology can be tuned with SUBSCRIBER_RETRY_<NAME> (JSON).
 SUBSCRIBER_RETRY = {
@@ -177,6 +183,19 @@ SUBSCRIBER_RETRY = {
     }
     for subscriber in topology.SUBSCRIBERS
 }
+# Our own database being unreachable is not the downstream failing: such a failure waits this
+# long in the retry queue and does not count against max_retries, for up to
+# SUBSCRIBER_INFRA_RETRY_MAX_SECONDS from the first such failure; after that it counts as usual.
+SUBSCRIBER_INFRA_RETRY_SECONDS = env.int("SUBSCRIBER_INFRA_RETRY_SECONDS", default=5)
+SUBSCRIBER_INFRA_RETRY_MAX_SECONDS = env.int("SUBSCRIBER_INFRA_RETRY_MAX_SECONDS", default=3600)
+# The retry queues each subscriber needs: one per distinct wait.
+SUBSCRIBER_RETRY_DELAYS = {
+    name: tuple(sorted({*topology.retry_delays(**policy), SUBSCRIBER_INFRA_RETRY_SECONDS}))
+    for name, policy in SUBSCRIBER_RETRY.items()
+}
+# The dead-letter recorder removes resolved and archived failures from the dead-letter queues
+# this often (seconds).
+DEAD_LETTER_COMPACT_SECONDS = env.float("DEAD_LETTER_COMPACT_SECONDS", default=5.0)
 
 # --- Notifications --------------------------------------------------------------------------
 EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")

@@ -6,6 +6,7 @@ tests never touch a running stack's queues or data, nor each other's.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
@@ -30,13 +31,15 @@ from tests.support.faults import read_json_lines
 ROOT = Path(__file__).resolve().parent.parent
 RABBITMQCTL = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
 
-# Fast, deterministic retry policy for worker processes: backoff 1s, 2s, ... no jitter, 2 retries.
+# Fast retry policy for worker processes: 2 retries after 1 s and 2 s; our database unavailable
+# waits 1 s at a time.
 TEST_RETRY_ENV = {
     "SUBSCRIBER_MAX_RETRIES": "2",
     "SUBSCRIBER_RETRY_BACKOFF": "1",
     "SUBSCRIBER_RETRY_BACKOFF_MAX": "8",
-    "SUBSCRIBER_RETRY_JITTER": "false",
+    "SUBSCRIBER_INFRA_RETRY_SECONDS": "1",
 }
+TEST_RETRY_DELAYS = (1, 2)
 
 
 def rabbitmqctl(*args: str, timeout: float = 120) -> str:
@@ -76,7 +79,7 @@ def _point_everything_at_the_test_broker(broker_url, tmp_path_factory):
     celery_app.conf.broker_url = broker_url
     os.environ["FAULTS_DIR"] = str(tmp_path_factory.mktemp("faults"))
     with Connection(broker_url) as conn:
-        topology.declare(conn)
+        topology.declare(conn, {s.name: TEST_RETRY_DELAYS for s in topology.SUBSCRIBERS})
 
 
 @pytest.fixture(autouse=True)
@@ -310,9 +313,22 @@ def start_worker(worker_env, tmp_path_factory):
 
 def _purge_subscriber_queues(broker_url: str) -> None:
     with Connection(broker_url) as conn:
+        conn.default_channel.queue_purge(topology.RECORDER_QUEUE_NAME)
         for subscriber in topology.SUBSCRIBERS:
-            for name in (subscriber.queue_name, subscriber.dead_letter_queue_name):
+            names = [subscriber.queue_name, subscriber.dead_letter_queue_name]
+            names += [subscriber.retry_queue_name(delay) for delay in TEST_RETRY_DELAYS]
+            for name in names:
                 conn.default_channel.queue_purge(name)
+
+
+def record_dead_letters(**filters):
+    """Run the dead-letter recorder once, in this process; the FailedEvents matching ``filters``."""
+    from django.core.management import call_command
+
+    from marketplace.events.models import FailedEvent
+
+    call_command("record_dead_letters", "--once", stdout=io.StringIO())
+    return list(FailedEvent.objects.filter(**filters).order_by("id"))
 
 
 @pytest.fixture(scope="session")

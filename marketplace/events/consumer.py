@@ -6,8 +6,10 @@ queue's subscriber task straight to the same queue (default exchange, publisher-
 then acknowledges the raw event. From then on it is an ordinary Celery task: retries, Flower and
 dead-lettering all work as usual, and none of it passes through the fanout exchange again.
 
-Anything on the queue that is neither an event nor a task message is recorded as a FailedEvent
-and rejected to the subscriber's dead-letter queue, so it never blocks the queue.
+Anything on the queue that is neither a valid event nor a task message of ours (bytes that do not
+decode, an invalid envelope, a task this worker does not know) is published, byte for byte with
+the reason in its headers, to the subscriber's dead-letter queue and then acknowledged, so it never
+blocks the queue and always gets a FailedEvent (see events/dead_letters.py).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class EventConsumer(Consumer):
         try:
             envelope = validate_envelope(body)
         except InvalidEnvelope as exc:
-            return self._dead_letter(subscriber, message, exc, envelope=body)
+            return self._dead_letter(subscriber, message, exc)
         if envelope["type"] not in subscriber.event_types:
             logger.debug("%s does not handle %s events; skipping %s", subscriber.name, envelope["type"], envelope["id"])
             return message.ack()
@@ -53,25 +55,47 @@ class EventConsumer(Consumer):
             logger.warning("could not adopt event %s for %s; it will be redelivered", envelope["id"], subscriber.name)
             return
         except Exception as exc:
-            return self._dead_letter(subscriber, message, exc, envelope=envelope)
+            return self._dead_letter(subscriber, message, exc)
         message.ack()
 
     def on_decode_error(self, message, exc):
         subscriber = self._subscriber_of(message)
         if subscriber is None:
             return super().on_decode_error(message, exc)
-        return self._dead_letter(subscriber, message, exc, envelope=None)
+        return self._dead_letter(subscriber, message, exc)
 
-    def _dead_letter(self, subscriber, message, exc, *, envelope):
-        from marketplace.events.subscriber import record_failure
+    def on_unknown_task(self, body, message, exc):
+        subscriber = self._subscriber_of(message)
+        if subscriber is None:
+            return super().on_unknown_task(body, message, exc)
+        return self._dead_letter(subscriber, message, exc)
 
-        record_failure(
-            subscriber=subscriber.name,
-            envelope=envelope,
-            exc=exc,
-            raw_body=_text(message.body),
+    def on_invalid_task(self, body, message, exc):
+        subscriber = self._subscriber_of(message)
+        if subscriber is None:
+            return super().on_invalid_task(body, message, exc)
+        return self._dead_letter(subscriber, message, exc)
+
+    def _dead_letter(self, subscriber, message, exc):
+        # Imported here: the worker loads this class before Django's app registry is ready.
+        from marketplace.events import dead_letters
+
+        logger.error(
+            "%s cannot process a message (%s: %s); dead-lettering it", subscriber.name, type(exc).__name__, exc
         )
-        message.reject(requeue=False)
+        try:
+            with self.app.producer_or_acquire() as producer:
+                dead_letters.publish_raw(
+                    producer, message, subscriber=subscriber, headers=dead_letters.failure_headers(exc=exc, attempts=1)
+                )
+        except self.connection_errors:
+            logger.warning("could not dead-letter a message of %s; it will be redelivered", subscriber.name)
+            return
+        except Exception:
+            # RabbitMQ dead-letters it itself (at least once); only the reason is lost.
+            logger.exception("could not dead-letter a message of %s; rejecting it", subscriber.name)
+            return message.reject(requeue=False)
+        message.ack()
 
     def _subscriber_of(self, message) -> topology.Subscriber | None:
         tag = message.delivery_info.get("consumer_tag")
@@ -80,9 +104,3 @@ class EventConsumer(Consumer):
             if queue_tag == tag:
                 return topology.subscriber_for_queue(queue_name)
         return None
-
-
-def _text(body) -> str:
-    if isinstance(body, bytes):
-        return body.decode("utf-8", errors="replace")[:100_000]
-    return str(body)[:100_000]

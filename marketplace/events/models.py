@@ -1,6 +1,7 @@
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 
 class OutboxEvent(models.Model):
@@ -50,7 +51,12 @@ class ProcessedEvent(models.Model):
 
 
 class FailedEvent(models.Model):
-    """An event a subscriber gave up on (retries exhausted, or a permanent failure)."""
+    """What the admin shows of a dead letter: a message a subscriber gave up on (retries exhausted,
+    a permanent failure, a delivery limit reached, or a message it could not read).
+
+    A projection of the subscriber's dead-letter queue, written by ``record_dead_letters``; the
+    message itself stays in that queue while this record is open (see events/dead_letters.py).
+    """
 
     class Status(models.TextChoices):
         FAILED = "failed", "Failed"
@@ -62,13 +68,26 @@ class FailedEvent(models.Model):
     event_id = models.UUIDField(null=True, blank=True, help_text="Empty when the message had no usable id.")
     event_type = models.CharField(max_length=100, blank=True)
     payload = models.JSONField(null=True, blank=True, help_text="The envelope, when it could be decoded.")
-    raw_body = models.TextField(blank=True, help_text="The message body as received, when it was not a valid event.")
+    raw_body = models.TextField(
+        blank=True, help_text="The message body as text (NUL and invalid UTF-8 escaped), when it was not a valid event."
+    )
+    body = models.BinaryField(null=True, blank=True, help_text="The message body, byte for byte (up to 16 MiB).")
+    body_size = models.PositiveBigIntegerField(default=0)
+    body_digest = models.CharField(
+        max_length=64, blank=True, help_text="SHA-256 of the body: identifies id-less messages."
+    )
+    content_type = models.CharField(max_length=100, blank=True)
+    headers = models.JSONField(default=dict, blank=True, help_text="The dead letter's headers (x-death included).")
+    dead_letter_key = models.CharField(max_length=64, blank=True, help_text="The last dead-lettering recorded.")
+    in_dead_letter_queue = models.BooleanField(
+        default=False, help_text="Its message is still in the dead-letter queue (removed once resolved or archived)."
+    )
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.FAILED, db_index=True)
     exception_class = models.CharField(max_length=200, db_index=True)
     exception_message = models.TextField(blank=True)
     traceback = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=1)
-    first_failed_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    first_failed_at = models.DateTimeField(default=timezone.now, db_index=True)
     last_failed_at = models.DateTimeField()
     resolved_at = models.DateTimeField(null=True, blank=True)
 
@@ -79,6 +98,11 @@ class FailedEvent(models.Model):
                 fields=["subscriber", "event_id"],
                 name="one_failed_record_per_subscriber_event",
                 condition=Q(event_id__isnull=False),
+            ),
+            models.UniqueConstraint(
+                fields=["subscriber", "body_digest"],
+                name="one_failed_record_per_subscriber_idless_body",
+                condition=Q(event_id__isnull=True),
             ),
         ]
         permissions = [("replay_failedevent", "Can replay failed events")]

@@ -8,18 +8,18 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 from celery import Task
+from celery.exceptions import Reject, Retry
 from django.conf import settings
-from django.core.mail import mail_admins
 from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from marketplace.celery import app
-from marketplace.events import topology
-from marketplace.events.envelope import validate_envelope
+from marketplace.events import dead_letters, topology
+from marketplace.events.envelope import InvalidEnvelope, validate_envelope
 from marketplace.events.models import FailedEvent, ProcessedEvent
 
 logger = logging.getLogger(__name__)
@@ -30,14 +30,10 @@ class TransientDownstreamError(Exception):
 
 
 # Worth retrying: the network, SMTP (smtplib errors are OSErrors), HTTP transport errors and
-# 5xx answers, and a database that is briefly unavailable. Everything else fails at once.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    httpx.TransportError,
-    TransientDownstreamError,
-    OperationalError,
-    InterfaceError,
-)
+# 5xx answers. Everything else fails at once.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OSError, httpx.TransportError, TransientDownstreamError)
+# Our own infrastructure: waited out without spending the subscriber's retry budget.
+INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (OperationalError, InterfaceError)
 
 
 def claim_event(*, subscriber: str, event_id: str | uuid.UUID) -> bool:
@@ -52,129 +48,128 @@ def claim_event(*, subscriber: str, event_id: str | uuid.UUID) -> bool:
 
 
 class SubscriberTask(Task):
-    """Base for subscriber tasks: records a FailedEvent and alerts when a message is given up."""
+    """Base for subscriber tasks: where a failed attempt goes next.
+
+    - our own database unavailable: wait SUBSCRIBER_INFRA_RETRY_SECONDS in the retry queue,
+      without spending the retry budget (for up to SUBSCRIBER_INFRA_RETRY_MAX_SECONDS);
+    - a transient downstream failure: wait the policy's backoff in the subscriber's retry queue;
+    - anything else, or retries exhausted: publish the message with the failure in its headers
+      to the dead-letter exchange (no database needed), then fail, which acknowledges it.
+
+    Every republish is publisher-confirmed before the original is acknowledged, and carries the
+    same task id, so Flower shows one task with its retries.
+    """
 
     subscriber: str = ""
     acks_late = True
 
-    def on_failure(self, exc, task_id, args, kwargs, einfo):
-        envelope = args[0] if args else None
-        record_failure(
-            subscriber=self.subscriber,
-            envelope=envelope,
-            exc=exc,
-            traceback=str(einfo),
-            attempts=self.request.retries + 1,
+    def handle(self, exc: BaseException) -> NoReturn:
+        request = self.request
+        attempts = int(_header(request, dead_letters.ATTEMPTS, 0))
+        first_failed_at = _header(request, dead_letters.FIRST_FAILED_AT, None) or dead_letters.now_iso()
+        headers = {
+            dead_letters.FIRST_FAILED_AT: first_failed_at,
+            dead_letters.REPLAY_OF: _header(request, dead_letters.REPLAY_OF, ""),
+        }
+        if isinstance(exc, INFRASTRUCTURE_ERRORS) and self._may_wait_for_infrastructure(request):
+            delay = settings.SUBSCRIBER_INFRA_RETRY_SECONDS
+            headers |= {
+                dead_letters.ATTEMPTS: attempts,
+                dead_letters.INFRA_WAITS: int(_header(request, dead_letters.INFRA_WAITS, 0)) + 1,
+                dead_letters.WAITING_SINCE: _header(request, dead_letters.WAITING_SINCE, None)
+                or dead_letters.now_iso(),
+            }
+            logger.warning(
+                "%s: our database is unavailable (%s); event waits %ss, retries not spent", self.name, exc, delay
+            )
+            raise self._retry_in(delay, exc, headers)
+        attempts += 1
+        policy = settings.SUBSCRIBER_RETRY[self.subscriber]
+        if isinstance(exc, TRANSIENT_ERRORS) and attempts <= policy["max_retries"]:
+            delay = min(policy["retry_backoff"] * 2 ** (attempts - 1), policy["retry_backoff_max"])
+            raise self._retry_in(max(1, delay), exc, headers | {dead_letters.ATTEMPTS: attempts})
+        self._dead_letter(exc, headers | {dead_letters.ATTEMPTS: attempts}, first_failed_at)
+        raise exc
+
+    def _may_wait_for_infrastructure(self, request) -> bool:
+        since = dead_letters.parse_time(_header(request, dead_letters.WAITING_SINCE, None))
+        if since is None:
+            return True
+        return (timezone.now() - since).total_seconds() < settings.SUBSCRIBER_INFRA_RETRY_MAX_SECONDS
+
+    def _retry_in(self, delay: int, exc: BaseException, headers: dict[str, Any]) -> Retry:
+        subscriber = topology.subscriber_named(self.subscriber)
+        self.signature_from_request(
+            self.request,
+            queue=subscriber.retry_queue(delay),
+            retries=self.request.retries + 1,
+            headers=headers,
+        ).apply_async()
+        return Retry(exc=exc, when=delay)
+
+    def _dead_letter(self, exc: BaseException, headers: dict[str, Any], first_failed_at: str) -> None:
+        subscriber = topology.subscriber_named(self.subscriber)
+        failure = dead_letters.failure_headers(
+            exc=exc, attempts=headers[dead_letters.ATTEMPTS], first_failed_at=first_failed_at
         )
+        logger.error(
+            "subscriber %s gave up on event %s after %d attempt(s): %s: %s",
+            self.subscriber,
+            dead_letters.event_uuid(self.request.args[0] if self.request.args else None) or "(no id)",
+            headers[dead_letters.ATTEMPTS],
+            type(exc).__name__,
+            exc,
+        )
+        try:
+            self.signature_from_request(self.request, headers=headers | failure).apply_async(
+                exchange=topology.DEAD_LETTER_EXCHANGE.name,
+                routing_key=subscriber.dead_letter_queue_name,
+                declare=[],
+            )
+        except Exception:
+            # RabbitMQ dead-letters it itself (at least once): the record loses only the exception.
+            logger.exception("could not publish the dead letter of %s; rejecting it instead", self.request.id)
+            raise Reject(exc, requeue=False) from exc
 
     def on_success(self, retval, task_id, args, kwargs):
-        envelope = args[0] if args else {}
-        FailedEvent.objects.filter(
-            subscriber=self.subscriber,
-            event_id=_event_uuid(envelope),
-            status__in=[FailedEvent.Status.FAILED, FailedEvent.Status.REPLAYING],
-        ).update(status=FailedEvent.Status.RESOLVED, resolved_at=timezone.now())
+        replay_of = _header(self.request, dead_letters.REPLAY_OF, "")
+        if not replay_of:
+            return  # the hot path touches no failure record
+        try:
+            FailedEvent.objects.filter(
+                pk=int(replay_of), status__in=[FailedEvent.Status.FAILED, FailedEvent.Status.REPLAYING]
+            ).update(status=FailedEvent.Status.RESOLVED, resolved_at=timezone.now())
+        except (DatabaseError, ValueError):
+            logger.exception("replay of failed event %s succeeded but could not be marked resolved", replay_of)
+
+
+def _header(request, name: str, default: Any) -> Any:
+    value = getattr(request, name, None)
+    return default if value is None else value
 
 
 def subscriber_task(name: str) -> Callable[[Callable[[dict[str, Any]], Any]], Task]:
     """Declare the Celery task for subscriber ``name`` (see topology.SUBSCRIBERS).
 
-    The decorated function receives a validated envelope. Retries follow the subscriber's policy
-    in settings.SUBSCRIBER_RETRY and are published to the subscriber's own queue, never to the
-    fanout exchange the event first came through.
+    The decorated function receives a validated envelope. Failures follow SubscriberTask.handle:
+    retries wait in the subscriber's own retry queues, never in the worker or the fanout.
     """
     subscriber = topology.subscriber_named(name)
 
     def decorate(run: Callable[[dict[str, Any]], Any]) -> Task:
-        def task(envelope: dict[str, Any]) -> Any:
-            return run(validate_envelope(envelope))
+        def task(self: SubscriberTask, *args: Any, **kwargs: Any) -> Any:
+            try:
+                if len(args) != 1 or kwargs:
+                    raise InvalidEnvelope(
+                        f"a subscriber task takes one envelope, got {len(args)} args {sorted(kwargs)}"
+                    )
+                return run(validate_envelope(args[0]))
+            except Exception as exc:
+                self.handle(exc)
 
         task.__name__ = task.__qualname__ = run.__name__
         task.__doc__ = run.__doc__
         task.__module__ = run.__module__
-        return app.task(
-            task,
-            name=subscriber.task,
-            base=SubscriberTask,
-            subscriber=name,
-            autoretry_for=TRANSIENT_ERRORS,
-            retry_kwargs={"queue": subscriber.queue_name},
-            **settings.SUBSCRIBER_RETRY[name],
-        )
+        return app.task(task, name=subscriber.task, base=SubscriberTask, bind=True, subscriber=name)
 
     return decorate
-
-
-def record_failure(
-    *,
-    subscriber: str,
-    envelope: Any,
-    exc: BaseException,
-    traceback: str = "",
-    attempts: int = 1,
-    raw_body: str = "",
-) -> FailedEvent | None:
-    """Record (or update) the FailedEvent of a message given up on, and alert the team."""
-    event_id = _event_uuid(envelope)
-    event_type = envelope.get("type", "") if isinstance(envelope, dict) else ""
-    now = timezone.now()
-    fields = {
-        "event_type": str(event_type)[:100],
-        "payload": envelope if isinstance(envelope, (dict, list)) else None,
-        "raw_body": raw_body,
-        "status": FailedEvent.Status.FAILED,
-        "exception_class": f"{type(exc).__module__}.{type(exc).__qualname__}",
-        "exception_message": str(exc),
-        "traceback": traceback,
-        "attempts": attempts,
-        "last_failed_at": now,
-        "resolved_at": None,
-    }
-    logger.error(
-        "subscriber %s gave up on event %s after %d attempt(s): %s: %s",
-        subscriber,
-        event_id or "(no id)",
-        attempts,
-        type(exc).__name__,
-        exc,
-    )
-    failed = None
-    try:
-        if event_id is None:
-            failed = FailedEvent.objects.create(subscriber=subscriber, **fields)
-        else:
-            with transaction.atomic():
-                failed, created = FailedEvent.objects.select_for_update().get_or_create(
-                    subscriber=subscriber, event_id=event_id, defaults=fields
-                )
-                if not created:
-                    fields["attempts"] = failed.attempts + attempts
-                    FailedEvent.objects.filter(pk=failed.pk).update(**fields)
-    except DatabaseError:
-        logger.exception("could not record the failure of event %s for %s", event_id, subscriber)
-    _alert(subscriber=subscriber, event_id=event_id, exc=exc, attempts=attempts)
-    return failed
-
-
-def _alert(*, subscriber: str, event_id: uuid.UUID | None, exc: BaseException, attempts: int) -> None:
-    try:
-        mail_admins(
-            subject=f"[marketplace] {subscriber} failed event {event_id or '(unreadable message)'}",
-            message=(
-                f"Subscriber {subscriber} gave up on event {event_id} after {attempts} attempt(s).\n"
-                f"{type(exc).__name__}: {exc}\n\n"
-                f"It is in the dead-letter queue {topology.subscriber_named(subscriber).dead_letter_queue_name};"
-                " inspect and replay it from the admin (Event bus > Failed events) or with"
-                " `manage.py replay_failed_events`."
-            ),
-            fail_silently=True,
-        )
-    except Exception:  # an alert must never turn into a second failure
-        logger.exception("could not alert admins about event %s", event_id)
-
-
-def _event_uuid(envelope: Any) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(envelope["id"]))
-    except (TypeError, KeyError, ValueError, AttributeError):
-        return None

@@ -1,14 +1,23 @@
 """The whole messaging topology, declared once.
 
-    publisher ──► marketplace.events (fanout, durable)
-                    ├──► marketplace.order_confirmation     ─(dead letters)─► marketplace.order_confirmation.dead
-                    ├──► marketplace.seller_notification    ─(dead letters)─► marketplace.seller_notification.dead
-                    └──► marketplace.customer_segmentation  ─(dead letters)─► marketplace.customer_segmentation.dead
+    publisher ──► marketplace.events (fanout)
+                    ├──► marketplace.order_confirmation ──(dead letters)──► marketplace.dead-letter (direct)
+                    ├──► marketplace.seller_notification        │    ├──► marketplace.<subscriber>.dead
+                    └──► marketplace.customer_segmentation      │    └──► marketplace.dead-letter.recorder
+                              ▲                                 │
+                              └── marketplace.<subscriber>.retry.<N>s (TTL N s, expires back into the queue)
 
-Every subscriber queue receives each event from the fanout. Celery retries and replays are
-published to the subscriber's queue through the default exchange (routing key = queue name), so
-they reach that subscriber only and never pass through the fanout again. Rejected messages go
-through the ``marketplace.dead-letter`` direct exchange to the subscriber's own dead-letter queue.
+Every subscriber queue receives each event from the fanout. Retries wait in the subscriber's own
+TTL retry queue (not unacknowledged in a worker) and expire back into that subscriber's queue, so
+they never pass through the fanout again. Replays and backfills are published to the subscriber
+queue through the default exchange (routing key = queue name).
+
+Subscriber, retry and dead-letter queues are quorum queues: replicated on a cluster, with a
+delivery limit (a message that crashes its worker every time is dead-lettered instead of looping)
+and at-least-once dead-lettering (a message is removed from its queue only once the dead-letter
+queue has confirmed it). Every dead letter is routed twice: to the subscriber's ``.dead`` queue,
+which holds it until the failure is resolved or archived, and to the recorder's queue, from which
+``manage.py record_dead_letters`` writes the FailedEvent row the admin shows.
 
 Names are fixed; isolation between environments (tests, staging) comes from RabbitMQ vhosts.
 This module imports nothing from Django so that settings, Celery and scripts can all use it.
@@ -25,8 +34,14 @@ DEAD_LETTER_EXCHANGE = Exchange("marketplace.dead-letter", type="direct", durabl
 # Celery publishes retries and replays here with routing key = the subscriber's queue name.
 DIRECT_TO_QUEUE = Exchange("", type="direct")
 
-# Classic durable queues: see docs/architecture.md ("Queue type") for why not quorum.
-QUEUE_TYPE = "classic"
+QUEUE_TYPE = "quorum"
+# A message delivered this many times without being acknowledged (its worker crashed or was
+# killed each time) is dead-lettered with reason "delivery_limit".
+DELIVERY_LIMIT = 5
+RECORDER_QUEUE_NAME = "marketplace.dead-letter.recorder"
+# Dead-lettering from these queues is confirmed by the target queue before the source drops the
+# message (RabbitMQ needs overflow=reject-publish for that strategy).
+AT_LEAST_ONCE_DEAD_LETTERING = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
 
 
 @dataclass(frozen=True)
@@ -48,15 +63,18 @@ class Subscriber:
 
     @property
     def queue(self) -> Queue:
+        """The subscriber's queue, bound to the fanout: whoever declares it (a worker at start and
+        on every reconnect, setup_broker, a publisher) also restores the binding."""
         return Queue(
             self.queue_name,
-            exchange=DIRECT_TO_QUEUE,
-            routing_key=self.queue_name,
             durable=True,
+            bindings=[self.fanout_binding],
             queue_arguments={
                 "x-queue-type": QUEUE_TYPE,
+                "x-delivery-limit": DELIVERY_LIMIT,
                 "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name,
                 "x-dead-letter-routing-key": self.dead_letter_queue_name,
+                **AT_LEAST_ONCE_DEAD_LETTERING,
             },
         )
 
@@ -72,6 +90,26 @@ class Subscriber:
             routing_key=self.dead_letter_queue_name,
             durable=True,
             queue_arguments={"x-queue-type": QUEUE_TYPE},
+        )
+
+    def retry_queue_name(self, delay_seconds: int) -> str:
+        return f"{self.queue_name}.retry.{delay_seconds}s"
+
+    def retry_queue(self, delay_seconds: int) -> Queue:
+        """Where a retry waits ``delay_seconds`` before it expires back into the subscriber's queue.
+
+        One queue per delay: a queue-wide TTL never holds a short wait behind a long one.
+        """
+        return Queue(
+            self.retry_queue_name(delay_seconds),
+            durable=True,
+            queue_arguments={
+                "x-queue-type": QUEUE_TYPE,
+                "x-message-ttl": delay_seconds * 1000,
+                "x-dead-letter-exchange": DIRECT_TO_QUEUE.name,
+                "x-dead-letter-routing-key": self.queue_name,
+                **AT_LEAST_ONCE_DEAD_LETTERING,
+            },
         )
 
 
@@ -94,27 +132,45 @@ def subscriber_for_queue(queue_name: str) -> Subscriber | None:
     return next((s for s in SUBSCRIBERS if s.queue_name == queue_name), None)
 
 
+def subscriber_for_dead_letter_queue(queue_name: str) -> Subscriber | None:
+    return next((s for s in SUBSCRIBERS if s.dead_letter_queue_name == queue_name), None)
+
+
+def recorder_queue() -> Queue:
+    """The failure recorder's inbox: a copy of every dead letter of every subscriber."""
+    return Queue(
+        RECORDER_QUEUE_NAME,
+        durable=True,
+        bindings=[binding(DEAD_LETTER_EXCHANGE, routing_key=s.dead_letter_queue_name) for s in SUBSCRIBERS],
+        queue_arguments={"x-queue-type": QUEUE_TYPE},
+    )
+
+
 def celery_queues() -> tuple[Queue, ...]:
     return tuple(s.queue for s in SUBSCRIBERS)
+
+
+def retry_delays(*, max_retries: int, retry_backoff: int, retry_backoff_max: int, **_) -> tuple[int, ...]:
+    """The distinct waits (seconds) of an exponential policy: backoff * 2**n, capped; never 0."""
+    return tuple(sorted({max(1, min(retry_backoff * 2**attempt, retry_backoff_max)) for attempt in range(max_retries)}))
 
 
 class TopologyMismatch(RuntimeError):
     """The broker already has an entity declared with different arguments."""
 
 
-def declare(connection: Connection) -> None:
+def declare(connection: Connection, retry_delays: dict[str, tuple[int, ...]] | None = None) -> None:
     """Declare exchanges, queues and bindings idempotently on ``connection``.
 
-    RabbitMQ refuses a redeclaration whose arguments differ (PRECONDITION_FAILED) and closes the
-    channel; that is turned into a message naming the queue and the argument at fault.
+    ``retry_delays`` maps a subscriber name to the waits of its retry policy (see retry_delays());
+    their retry queues are declared too. RabbitMQ refuses a redeclaration whose arguments differ
+    (PRECONDITION_FAILED) and closes the channel; that is turned into a message naming the queue
+    and the argument at fault.
     """
     for exchange in (EVENTS_EXCHANGE, DEAD_LETTER_EXCHANGE):
         _declare(connection, f"exchange {exchange.name!r}", lambda ch, e=exchange: e.declare(channel=ch))
-    for subscriber in SUBSCRIBERS:
-        for queue in (subscriber.dead_letter_queue, subscriber.queue):
-            _declare(connection, f"queue {queue.name!r}", lambda ch, q=queue: q(ch).declare())
-        channel = connection.default_channel
-        subscriber.fanout_binding.bind(subscriber.queue(channel), channel=channel)
+    for queue in all_queues(retry_delays):
+        _declare(connection, f"queue {queue.name!r}", lambda ch, q=queue: q(ch).declare())
 
 
 def _declare(connection: Connection, what: str, declare_on) -> None:
@@ -128,3 +184,20 @@ def _declare(connection: Connection, what: str, declare_on) -> None:
                 "marketplace/events/topology.py says."
             ) from exc
         raise
+
+
+def all_queues(retry_delays: dict[str, tuple[int, ...]] | None = None) -> list[Queue]:
+    """Every queue declare() declares, in the same order: what checks and migrations compare with."""
+    queues = [recorder_queue()]
+    for subscriber in SUBSCRIBERS:
+        queues += [subscriber.dead_letter_queue, subscriber.queue]
+        queues += [subscriber.retry_queue(delay) for delay in (retry_delays or {}).get(subscriber.name, ())]
+    return queues
+
+
+def queue_bindings(queue: Queue) -> set[tuple[str, str]]:
+    """(exchange, routing key) of every binding that declaring ``queue`` creates."""
+    pairs = {(b.exchange.name, b.routing_key or "") for b in queue.bindings}
+    if queue.exchange is not None and queue.exchange.name:
+        pairs.add((queue.exchange.name, queue.routing_key or ""))
+    return pairs

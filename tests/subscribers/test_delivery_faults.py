@@ -11,7 +11,7 @@ from marketplace.events.envelope import InvalidEnvelope
 from marketplace.events.models import FailedEvent, ProcessedEvent
 from marketplace.events.publisher import BrokerPublisher
 from segmentation.models import CustomerProfile
-from tests.conftest import eventually, queue_depth
+from tests.conftest import eventually, queue_depth, record_dead_letters
 
 pytestmark = [pytest.mark.workers]
 
@@ -59,29 +59,25 @@ def test_a_worker_killed_mid_task_loses_nothing_and_repeats_nothing(
     assert not FailedEvent.objects.exists()
 
 
-def test_a_retry_waiting_in_a_killed_worker_is_not_lost(workers, faults, shop, place_order, replace_worker, broker):
-    # A long first backoff keeps the retry waiting (unacknowledged) inside the worker.
-    worker = replace_worker("order_confirmation", SUBSCRIBER_RETRY_BACKOFF="8")
+def test_a_retry_waits_in_the_broker_not_in_the_worker(workers, faults, shop, place_order, replace_worker, broker):
+    worker = replace_worker("order_confirmation", SUBSCRIBER_RETRY_BACKOFF="6")
     faults.fail_email(1)
     _, envelope = place_order(shop.buyer, (shop.product, 1))
 
     eventually(lambda: faults.task_starts(CONFIRMATION), timeout=15, message="the first attempt")
-    queue = topology.subscriber_named("order_confirmation").queue_name
-
-    def retry_held_by_worker():
-        # The first attempt was acknowledged once its retry was published; the retry is now
-        # delivered to the worker and waits for its countdown, unacknowledged.
-        return "Retry in" in worker.log_path.read_text() and queue_depth(broker, queue) == 0
-
-    eventually(retry_held_by_worker, timeout=15, message="the retry to wait in the worker")
+    subscriber = topology.subscriber_named("order_confirmation")
+    retry_queue = subscriber.retry_queue_name(6)
+    eventually(lambda: queue_depth(broker, retry_queue) == 1, timeout=10, message="the retry in its retry queue")
+    assert queue_depth(broker, subscriber.queue_name) == 0
+    # Nothing is held by the worker: killing it now loses nothing and delays nothing.
     worker.kill()
-    eventually(lambda: queue_depth(broker, queue) == 1, timeout=15, message="the retry back on the queue")
-
     replace_worker("order_confirmation")
-    # The redelivered retry keeps its ETA (8 s after the first attempt) and runs then.
+
     emails = eventually(lambda: faults.emails(), timeout=30, message="the retried confirmation")
     assert [mail["event_id"] for mail in emails] == [envelope["id"]]
-    assert [start["retries"] for start in faults.task_starts(CONFIRMATION)] == [0, 1]
+    starts = faults.task_starts(CONFIRMATION)
+    assert [start["retries"] for start in starts] == [0, 1]
+    assert 5.5 <= starts[1]["at"] - starts[0]["at"] <= 9
 
 
 def _publish_raw(broker_url, body: bytes, content_type: str = "application/json") -> None:
@@ -114,7 +110,7 @@ def test_malformed_messages_are_recorded_dead_lettered_and_never_block_the_queue
 
     for subscriber in topology.SUBSCRIBERS:
         eventually(
-            lambda s=subscriber: FailedEvent.objects.filter(subscriber=s.name).count() == 4,
+            lambda s=subscriber: len(record_dead_letters(subscriber=s.name)) == 4,
             message=f"4 failed events for {subscriber.name}",
         )
         eventually(
@@ -141,8 +137,8 @@ def test_an_event_with_bad_data_fails_permanently_without_retries(workers, fault
     publisher.publish(bad)
     publisher.close()
 
-    failed = eventually(
-        lambda: FailedEvent.objects.filter(subscriber="seller_notification", event_id=bad["id"]).first(),
+    [failed] = eventually(
+        lambda: record_dead_letters(subscriber="seller_notification", event_id=bad["id"]),
         message="the seller notification to fail",
     )
     assert failed.exception_class == "notifications.handlers.UnknownSeller"

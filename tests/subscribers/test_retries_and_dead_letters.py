@@ -7,12 +7,14 @@ import json
 
 import pytest
 from django.core.management import call_command
+from kombu import Connection
 
+from marketplace.events import dead_letters as dead_letter
 from marketplace.events import topology
 from marketplace.events.models import FailedEvent, FailedEventReplay, ProcessedEvent
-from marketplace.events.services import failed_event_replay
+from marketplace.events.services import failed_event_archive, failed_event_replay
 from segmentation.models import CustomerProfile
-from tests.conftest import TEST_RETRY_ENV, eventually, queue_depth
+from tests.conftest import TEST_RETRY_ENV, eventually, queue_depth, record_dead_letters
 
 pytestmark = [pytest.mark.workers]
 
@@ -56,8 +58,8 @@ def test_a_subscriber_failing_twice_then_succeeding_retries_with_backoff_on_its_
 def _give_up_on_seller_notification(faults, shop, place_order, seller_webhook):
     seller_webhook.default_status = 503
     _, envelope = place_order(shop.buyer, (shop.product, 2))
-    failed = eventually(
-        lambda: FailedEvent.objects.filter(subscriber="seller_notification", event_id=envelope["id"]).first(),
+    [failed] = eventually(
+        lambda: record_dead_letters(subscriber="seller_notification", event_id=envelope["id"]),
         timeout=30,
         message="a FailedEvent for seller_notification",
     )
@@ -65,7 +67,7 @@ def _give_up_on_seller_notification(faults, shop, place_order, seller_webhook):
 
 
 def test_a_subscriber_that_always_fails_is_dead_lettered_recorded_and_alerted(
-    workers, faults, shop, place_order, seller_webhook, broker
+    workers, faults, shop, place_order, seller_webhook, broker, broker_url, mailoutbox
 ):
     envelope, failed = _give_up_on_seller_notification(faults, shop, place_order, seller_webhook)
 
@@ -78,15 +80,28 @@ def test_a_subscriber_that_always_fails_is_dead_lettered_recorded_and_alerted(
     assert failed.exception_class == "marketplace.events.subscriber.TransientDownstreamError"
     assert "503" in failed.exception_message
     assert "Traceback" in failed.traceback
-    assert failed.first_failed_at
-    assert failed.last_failed_at
+    assert failed.first_failed_at < failed.last_failed_at
+    assert failed.in_dead_letter_queue
+    # The dead letter itself carries what the admin shows: recording it needed no database.
+    assert failed.headers["marketplace-attempts"] == MAX_RETRIES + 1
+    assert failed.headers["marketplace-exception-class"] == failed.exception_class
 
     dead_letters = topology.subscriber_named("seller_notification").dead_letter_queue_name
     eventually(lambda: queue_depth(broker, dead_letters) == 1, message="one message in the dead-letter queue")
 
-    alerts = [mail for mail in faults.emails() if mail["to"] == ["team@marketplace.localhost"]]
+    alerts = [mail for mail in mailoutbox if mail.to == ["team@marketplace.localhost"]]
     assert len(alerts) == 1
-    assert envelope["id"] in alerts[0]["subject"]
+    assert envelope["id"] in alerts[0].subject
+    # Recording it again (the recorder crashed before its ack) changes nothing and alerts no one.
+    with Connection(broker_url) as conn:
+        message = topology.subscriber_named("seller_notification").dead_letter_queue(conn.default_channel).get()
+        dead_letter.record(
+            subscriber=topology.subscriber_named("seller_notification"),
+            body=dead_letter.body_bytes(message),
+            headers=message.headers,
+        )
+    assert FailedEvent.objects.get().attempts == MAX_RETRIES + 1
+    assert len(mailoutbox) == 1
     log = workers["seller_notification"].log_path.read_text()
     assert f"subscriber seller_notification gave up on event {envelope['id']}" in log
 
@@ -127,6 +142,10 @@ def test_replay_after_the_fault_is_fixed_has_its_effect_once(
 
     resolved = FailedEvent.objects.get(pk=failed.pk)
     assert resolved.resolved_at is not None
+    # Resolved failures leave the dead-letter queue: its depth is the number of open failures.
+    record_dead_letters()
+    assert queue_depth(broker, topology.subscriber_named("seller_notification").dead_letter_queue_name) == 0
+    assert not FailedEvent.objects.get(pk=failed.pk).in_dead_letter_queue
     audit = list(FailedEventReplay.objects.filter(failed_event=failed).order_by("requested_at"))
     assert [(entry.via, entry.requested_by) for entry in audit] == [("admin", admin_user), ("command", None)]
     # Replays went to seller_notification's queue only.
@@ -135,7 +154,7 @@ def test_replay_after_the_fault_is_fixed_has_its_effect_once(
 
 
 def test_a_replay_that_fails_again_is_marked_failed_with_the_new_error(
-    workers, faults, shop, place_order, seller_webhook
+    workers, faults, shop, place_order, seller_webhook, broker
 ):
     _envelope, failed = _give_up_on_seller_notification(faults, shop, place_order, seller_webhook)
     seller_webhook.default_status = 410  # the seller's endpoint now refuses: a permanent failure
@@ -146,7 +165,23 @@ def test_a_replay_that_fails_again_is_marked_failed_with_the_new_error(
         record = FailedEvent.objects.get(pk=failed.pk)
         return record.status == FailedEvent.Status.FAILED and "410" in record.exception_message and record
 
-    record = eventually(failed_again, timeout=20, message="the replay to fail again")
+    record = eventually(lambda: record_dead_letters() and failed_again(), timeout=20, message="the replay to fail")
     assert record.exception_class == "notifications.handlers.SellerWebhookRejected"
     assert record.attempts == MAX_RETRIES + 2  # a permanent failure is not retried
     assert len(faults.task_starts(SELLERS)) == MAX_RETRIES + 2
+    # One open failure, one message in the dead-letter queue (the replayed one was removed).
+    record_dead_letters()
+    dead = topology.subscriber_named("seller_notification").dead_letter_queue_name
+    eventually(lambda: queue_depth(broker, dead) == 1, message="one dead letter for the one open failure")
+
+
+def test_archiving_a_failure_removes_its_dead_letter(workers, faults, shop, place_order, seller_webhook, broker):
+    _envelope, failed = _give_up_on_seller_notification(faults, shop, place_order, seller_webhook)
+    dead = topology.subscriber_named("seller_notification").dead_letter_queue_name
+    assert queue_depth(broker, dead) == 1
+
+    failed_event_archive(failed_event=failed)
+    record_dead_letters()
+
+    assert queue_depth(broker, dead) == 0
+    assert FailedEvent.objects.get(pk=failed.pk).status == FailedEvent.Status.ARCHIVED
