@@ -195,8 +195,11 @@ class Faults:
     def delay_email(self, seconds: float) -> None:
         (self.dir / "email.delay").write_text(str(seconds))
 
+    def crash_on_email(self, event_id: str) -> None:
+        (self.dir / "email.crash").write_text(event_id)
+
     def heal(self) -> None:
-        for name in ("email.fail", "email.delay"):
+        for name in ("email.fail", "email.delay", "email.crash"):
             (self.dir / name).unlink(missing_ok=True)
 
     def emails(self) -> list[dict]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import uuid
 
+from celery.exceptions import NotRegistered
 from celery.worker.consumer import Consumer
 
 from marketplace.events import topology
@@ -33,6 +34,11 @@ def adopted_task_id(subscriber: topology.Subscriber, event_id: str) -> str:
 
 
 class EventConsumer(Consumer):
+    class Blueprint(Consumer.Blueprint):
+        # Retries wait in our own TTL retry queues (topology.py); Celery's native delayed delivery
+        # would only declare 28 exchanges and queues that nothing uses.
+        default_steps = [step for step in Consumer.Blueprint.default_steps if not step.endswith(":DelayedDelivery")]
+
     def on_unknown_message(self, body, message):
         subscriber = self._subscriber_of(message)
         if subscriber is None:
@@ -68,7 +74,8 @@ class EventConsumer(Consumer):
         subscriber = self._subscriber_of(message)
         if subscriber is None:
             return super().on_unknown_task(body, message, exc)
-        return self._dead_letter(subscriber, message, exc)
+        name = (message.headers or {}).get("task")
+        return self._dead_letter(subscriber, message, NotRegistered(f"{name!r} is not a task of {subscriber.name}"))
 
     def on_invalid_task(self, body, message, exc):
         subscriber = self._subscriber_of(message)

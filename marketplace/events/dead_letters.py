@@ -174,11 +174,13 @@ def _broker_failure(headers: dict[str, Any]) -> tuple[str, str, int]:
     queue = headers.get("x-first-death-queue") or "?"
     deliveries = int(headers.get("x-delivery-count") or 0)
     if reason == "delivery_limit":
+        # RabbitMQ dead-letters a message once it has been returned more than the limit allows.
+        deliveries = topology.DELIVERY_LIMIT + 1
         return (
             "marketplace.DeliveryLimitReached",
-            f"delivery limit reached: {queue} delivered it {topology.DELIVERY_LIMIT} times without an "
+            f"delivery limit reached: {queue} delivered it {deliveries} times without an "
             "acknowledgement (its worker crashed, was killed or lost its connection each time)",
-            topology.DELIVERY_LIMIT,
+            deliveries,
         )
     return (f"marketplace.DeadLettered.{reason}", f"RabbitMQ dead-lettered it from {queue} ({reason})", deliveries)
 
