@@ -104,11 +104,16 @@ class FailedEventAdmin(admin.ModelAdmin):
         "first_failed_at",
         "last_failed_at",
         "resolved_at",
+        "in_dead_letter_queue",
+        "dead_lettered_by",
         "pretty_payload",
         "pretty_traceback",
         "raw_body",
+        "content_type",
+        "body_size",
+        "pretty_headers",
     ]
-    exclude = ["payload", "traceback"]
+    exclude = ["payload", "traceback", "body", "headers", "body_digest", "dead_letter_key"]
     inlines = [FailedEventReplayInline]
 
     @admin.display(description="payload")
@@ -118,6 +123,17 @@ class FailedEventAdmin(admin.ModelAdmin):
     @admin.display(description="traceback")
     def pretty_traceback(self, obj):
         return format_html("<pre>{}</pre>", obj.traceback)
+
+    @admin.display(description="message headers")
+    def pretty_headers(self, obj):
+        return format_html("<pre>{}</pre>", json.dumps(obj.headers, indent=2, sort_keys=True))
+
+    @admin.display(description="dead-lettered by")
+    def dead_lettered_by(self, obj):
+        reason = (obj.headers or {}).get("x-first-death-reason")
+        if reason:
+            return f"RabbitMQ ({reason}) from {(obj.headers or {}).get('x-first-death-queue', '?')}"
+        return "the subscriber, after its last attempt" if obj.headers else ""
 
     def changelist_view(self, request, extra_context=None):
         summary = (

@@ -147,3 +147,27 @@ def test_an_unreadable_message_cannot_be_replayed(empty_queues, capsys):
     captured = capsys.readouterr()
     assert "holds no decodable event" in captured.err
     assert "replayed 0 failed event(s)" in captured.out
+
+
+def test_a_dead_letter_of_any_bytes_is_recorded_and_shown(staff_client, client):
+    from marketplace.events import dead_letters
+
+    body = b'{"a": "x\x00y", "b": "\xff"}'
+    headers = {
+        "x-first-death-reason": "delivery_limit",
+        "x-first-death-queue": "marketplace.order_confirmation",
+        "x-death": [{"count": 1, "reason": "delivery_limit", "queue": "marketplace.order_confirmation"}],
+    }
+    subscriber = topology.subscriber_named("order_confirmation")
+    assert dead_letters.record(subscriber=subscriber, body=body, headers=headers, content_type="application/json")
+    assert not dead_letters.record(subscriber=subscriber, body=body, headers=headers)  # seen: recorded once
+
+    failed = FailedEvent.objects.get()
+    assert bytes(failed.body) == body
+    assert failed.event_id is None
+    assert failed.payload is None
+    assert failed.exception_class == "marketplace.DeliveryLimitReached"
+    staff_client()
+    page = client.get(reverse("admin:events_failedevent_change", args=[failed.pk])).content.decode()
+    assert "RabbitMQ (delivery_limit) from marketplace.order_confirmation" in page
+    assert "x\\x00y" in page
