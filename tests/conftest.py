@@ -77,9 +77,20 @@ def broker_url():
 def _point_everything_at_the_test_broker(broker_url, tmp_path_factory):
     settings.BROKER_URL = broker_url
     celery_app.conf.broker_url = broker_url
+    # This process sees the retry queues the test workers declare (TEST_RETRY_ENV).
+    settings.SUBSCRIBER_INFRA_RETRY_SECONDS = int(TEST_RETRY_ENV["SUBSCRIBER_INFRA_RETRY_SECONDS"])
+    settings.SUBSCRIBER_RETRY = {
+        name: {
+            "max_retries": int(TEST_RETRY_ENV["SUBSCRIBER_MAX_RETRIES"]),
+            "retry_backoff": int(TEST_RETRY_ENV["SUBSCRIBER_RETRY_BACKOFF"]),
+            "retry_backoff_max": int(TEST_RETRY_ENV["SUBSCRIBER_RETRY_BACKOFF_MAX"]),
+        }
+        for name in settings.SUBSCRIBER_RETRY
+    }
+    settings.SUBSCRIBER_RETRY_DELAYS = {name: TEST_RETRY_DELAYS for name in settings.SUBSCRIBER_RETRY}
     os.environ["FAULTS_DIR"] = str(tmp_path_factory.mktemp("faults"))
     with Connection(broker_url) as conn:
-        topology.declare(conn, {s.name: TEST_RETRY_DELAYS for s in topology.SUBSCRIBERS})
+        topology.declare(conn, settings.SUBSCRIBER_RETRY_DELAYS)
 
 
 @pytest.fixture(autouse=True)
