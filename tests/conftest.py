@@ -206,8 +206,8 @@ class Faults:
     def delay_email(self, seconds: float) -> None:
         (self.dir / "email.delay").write_text(str(seconds))
 
-    def crash_on_email(self, event_id: str) -> None:
-        (self.dir / "email.crash").write_text(event_id)
+    def crash_on_email_to(self, recipient: str) -> None:
+        (self.dir / "email.crash").write_text(recipient)
 
     def heal(self) -> None:
         for name in ("email.fail", "email.delay", "email.crash"):

@@ -1,15 +1,18 @@
 """The worker's message consumer, taught to accept raw events from the fanout exchange.
 
 Events on a subscriber queue are plain JSON envelopes (the public contract), not Celery task
-messages. When the worker receives one, it *adopts* it: it publishes a Celery message for the
-queue's subscriber task straight to the same queue (default exchange, publisher-confirmed) and
-then acknowledges the raw event. From then on it is an ordinary Celery task: retries, Flower and
-dead-lettering all work as usual, and none of it passes through the fanout exchange again.
+messages. When the worker receives one, it *adopts* it in place: it rewrites the delivered
+message, in memory, into a Celery task message for the queue's subscriber task (the envelope is
+its one argument, the task id is derived from subscriber and event id) and hands it to Celery as
+if it had arrived that way. The raw delivery is acknowledged when the task finishes, like any
+task message; retries and dead letters are Celery messages published to the subscriber's own
+queues, so none of it passes through the fanout again, and no event is published twice.
 
-Anything on the queue that is neither a valid event nor a task message of ours (bytes that do not
-decode, an invalid envelope, a task this worker does not know) is published, byte for byte with
-the reason in its headers, to the subscriber's dead-letter queue and then acknowledged, so it never
-blocks the queue and always gets a FailedEvent (see events/dead_letters.py).
+Anything on the queue that is neither an event nor a task message of ours (bytes that do not
+decode, JSON that is not an event, a task this worker does not know) is published, byte for byte
+with the reason in its headers, to the subscriber's dead-letter queue and then acknowledged, so
+it never blocks the queue and always gets a FailedEvent (see events/dead_letters.py). An event
+that fails its schema is the task's to reject: it dead-letters it the same way.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ import uuid
 
 from celery.exceptions import NotRegistered
 from celery.worker.consumer import Consumer
+from kombu.utils.json import dumps
 
 from marketplace.events import topology
-from marketplace.events.envelope import InvalidEnvelope, validate_envelope
 
 logger = logging.getLogger(__name__)
 
@@ -33,36 +36,52 @@ def adopted_task_id(subscriber: topology.Subscriber, event_id: str) -> str:
     return str(uuid.uuid5(ADOPTION_NAMESPACE, f"{subscriber.name}:{event_id}"))
 
 
+class NotAnEvent(ValueError):
+    """A message on a subscriber queue that is neither a task message nor an event envelope."""
+
+
 class EventConsumer(Consumer):
     class Blueprint(Consumer.Blueprint):
         # Retries wait in our own TTL retry queues (topology.py); Celery's native delayed delivery
         # would only declare 28 exchanges and queues that nothing uses.
         default_steps = [step for step in Consumer.Blueprint.default_steps if not step.endswith(":DelayedDelivery")]
 
-    def on_unknown_message(self, body, message):
-        subscriber = self._subscriber_of(message)
-        if subscriber is None:
-            return super().on_unknown_message(body, message)
+    def create_task_handler(self, *args, **kwargs):
+        on_task_received = super().create_task_handler(*args, **kwargs)
+
+        def on_message(message):
+            subscriber = None if "task" in (message.headers or {}) else self._subscriber_of(message)
+            if subscriber is not None and not self._adopt(subscriber, message):
+                return None
+            return on_task_received(message)
+
+        return on_message
+
+    def _adopt(self, subscriber: topology.Subscriber, message) -> bool:
+        """Turn a raw event into a task message in place; False if it was settled here instead."""
         try:
-            envelope = validate_envelope(body)
-        except InvalidEnvelope as exc:
-            return self._dead_letter(subscriber, message, exc)
+            envelope = message.decode()
+            if not isinstance(envelope, dict) or not isinstance(envelope.get("type"), str) or "id" not in envelope:
+                raise NotAnEvent(f"not an event envelope: {str(envelope)[:200]!r}")
+        except Exception as exc:
+            self._dead_letter(subscriber, message, exc)
+            return False
         if envelope["type"] not in subscriber.event_types:
             logger.debug("%s does not handle %s events; skipping %s", subscriber.name, envelope["type"], envelope["id"])
-            return message.ack()
-        try:
-            self.app.tasks[subscriber.task].apply_async(
-                args=[envelope],
-                task_id=adopted_task_id(subscriber, envelope["id"]),
-                queue=subscriber.queue_name,
-            )
-        except self.connection_errors:
-            # Not acknowledged: the broker redelivers the event once the connection is back.
-            logger.warning("could not adopt event %s for %s; it will be redelivered", envelope["id"], subscriber.name)
-            return
-        except Exception as exc:
-            return self._dead_letter(subscriber, message, exc)
-        message.ack()
+            message.ack()
+            return False
+        from marketplace.events.dead_letters import without_x_death
+
+        task_id = adopted_task_id(subscriber, str(envelope["id"]))
+        task = self.app.amqp.as_task_v2(
+            task_id, subscriber.task, args=[envelope], root_id=task_id, ignore_result=True, origin="adopted"
+        )
+        # Headers the event arrived with (a backfill's, a replay's) stay visible to the task.
+        message.headers = {**without_x_death(message.headers or {}), **task.headers}
+        message.body = dumps(task.body).encode()
+        message.content_type, message.content_encoding = "application/json", "utf-8"
+        message._decoded_cache = None
+        return True
 
     def on_decode_error(self, message, exc):
         subscriber = self._subscriber_of(message)

@@ -89,7 +89,7 @@ def publish_raw(producer: Producer, message, *, subscriber: topology.Subscriber,
         message.body,
         exchange=topology.DEAD_LETTER_EXCHANGE,
         routing_key=subscriber.dead_letter_queue_name,
-        headers={**_without_x_death(message.headers or {}), **headers},
+        headers={**without_x_death(message.headers or {}), **headers},
         content_type=message.content_type or "application/octet-stream",
         content_encoding=message.content_encoding or "binary",
         serializer=None,
@@ -99,7 +99,7 @@ def publish_raw(producer: Producer, message, *, subscriber: topology.Subscriber,
     )
 
 
-def _without_x_death(headers: dict[str, Any]) -> dict[str, Any]:
+def without_x_death(headers: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in headers.items() if not k.startswith("x-")}
 
 

@@ -121,7 +121,8 @@ class SubscriberTask(Task):
             exc,
         )
         try:
-            self.signature_from_request(self.request, headers=headers | failure).apply_async(
+            # The queue is named so the original delivery's exchange (the fanout) is not reused.
+            self.signature_from_request(self.request, queue=subscriber.queue, headers=headers | failure).apply_async(
                 exchange=topology.DEAD_LETTER_EXCHANGE.name,
                 routing_key=subscriber.dead_letter_queue_name,
                 declare=[],
