@@ -146,8 +146,13 @@ OUTBOX_POLL_SECONDS = env.float("OUTBOX_POLL_SECONDS", default=1.0)
 OUTBOX_RETRY_MAX_SECONDS = env.float("OUTBOX_RETRY_MAX_SECONDS", default=60.0)
 
 # --- Celery (subscribers) -------------------------------------------------------------------
+# With several hosts in BROKER_URL (";"), a worker that loses its node fails over to the next one.
 CELERY_BROKER_URL = BROKER_URL
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A worker failing over to another cluster node redeclares its exclusive remote-control queue
+# while the cluster may still hold it for the lost connection (RESOURCE_LOCKED, a channel error):
+# reconnect and try again instead of exiting with "Unrecoverable error".
+CELERY_BROKER_CHANNEL_ERROR_RETRY = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -229,5 +234,7 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
         "amqp": {"level": "WARNING"},
         "kombu": {"level": "WARNING"},
+        # One line per management API call (topology checks) or webhook; handlers log their own.
+        "httpx": {"level": "WARNING"},
     },
 }

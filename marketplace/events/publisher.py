@@ -42,6 +42,18 @@ class PublishResult:
         return not self.error
 
 
+def connect_once(connection: Connection) -> Connection:
+    """Connect with one attempt per broker host and no sleep; raise if every host failed.
+
+    BROKER_URL may list several hosts separated by ";" (a cluster): kombu then moves to the next
+    host after each failed attempt and sleeps only once a whole round has failed, so
+    ``max_retries = hosts - 1`` is exactly one round. (``max_retries=0`` would try the first host
+    only, and Connection.connect() retries after sleeping 2 seconds, which would hold every order
+    that long while the broker is down.) Each attempt is bounded by the connection's connect_timeout.
+    """
+    return connection.ensure_connection(max_retries=max(len(connection.alt), 1) - 1)
+
+
 class BrokerPublisher:
     """One broker connection with a confirming channel; not thread-safe (one per thread)."""
 
@@ -65,11 +77,9 @@ class BrokerPublisher:
                 },
                 heartbeat=0,
             )
-            # One attempt only: Connection.connect() retries once after sleeping 2 seconds, which
-            # would hold every order that long while the broker is down.
-            connection.ensure_connection(max_retries=0)
+            connect_once(connection)
             try:
-                topology.declare(connection)
+                topology.declare(connection, settings.SUBSCRIBER_RETRY_DELAYS)
             except Exception:
                 connection.release()
                 raise

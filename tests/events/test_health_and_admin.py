@@ -16,7 +16,13 @@ def test_healthz_reports_no_lag_when_the_outbox_is_empty(client, db):
     response = client.get("/healthz")
 
     assert response.status_code == 200, response.content
-    assert response.json() == {"status": "ok", "database": "ok", "broker": "ok", "outbox_lag_seconds": 0.0}
+    assert response.json() == {
+        "status": "ok",
+        "database": "ok",
+        "broker": "ok",
+        "outbox_lag_seconds": 0.0,
+        "topology": "ok",
+    }
 
 
 def test_healthz_reports_the_age_of_the_oldest_pending_event(client, pending_events):

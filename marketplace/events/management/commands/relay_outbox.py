@@ -1,11 +1,14 @@
+import contextlib
 import logging
 import signal
 import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.db import DatabaseError, close_old_connections
 
 from marketplace.events.publisher import BrokerPublisher, outbox_lag_seconds, relay_once
+from marketplace.events.topology_check import TopologyWatch
 
 logger = logging.getLogger("marketplace.relay")
 
@@ -13,7 +16,9 @@ logger = logging.getLogger("marketplace.relay")
 class Command(BaseCommand):
     help = (
         "Publish pending outbox rows to the broker, oldest first. Runs until stopped (SIGTERM/SIGINT); "
-        "several copies may run side by side."
+        "several copies may run side by side. Every TOPOLOGY_CHECK_SECONDS (and once at start) it checks "
+        "the broker topology; a missing queue or binding is alerted (ERROR log + mail_admins, once per "
+        "distinct problem set) and healed by re-declaring the topology."
     )
 
     def add_arguments(self, parser):
@@ -26,10 +31,26 @@ class Command(BaseCommand):
             signal.signal(signal.SIGTERM, self._stop)
             signal.signal(signal.SIGINT, self._stop)
         publisher = BrokerPublisher()
+        topology_watch = TopologyWatch(
+            broker_url=settings.BROKER_URL,
+            management_url=settings.RABBITMQ_MANAGEMENT_URL,
+            interval=settings.TOPOLOGY_CHECK_SECONDS,
+            retry_delays=getattr(settings, "SUBSCRIBER_RETRY_DELAYS", None),
+        )
         published = failed = 0
         try:
             while not self._stopping:
-                results = relay_once(publisher, batch_size)
+                topology_watch.check_if_due()
+                try:
+                    results = relay_once(publisher, batch_size)
+                except DatabaseError as exc:
+                    # The outbox is in the database: nothing to publish until it is back, nothing lost.
+                    if once:
+                        raise
+                    logger.warning("relay cannot reach the database (%s); retrying", exc)
+                    close_old_connections()
+                    time.sleep(settings.OUTBOX_POLL_SECONDS)
+                    continue
                 published += sum(r.ok for r in results)
                 failed += sum(not r.ok for r in results)
                 if once and (not results or not any(r.ok for r in results)):
@@ -38,7 +59,9 @@ class Command(BaseCommand):
                     time.sleep(settings.OUTBOX_POLL_SECONDS)
         finally:
             publisher.close()
-        self.stdout.write(f"published {published}, failed {failed}, outbox lag {outbox_lag_seconds():.1f}s")
+        self.stdout.write(f"published {published}, failed {failed}")
+        with contextlib.suppress(DatabaseError):
+            self.stdout.write(f"outbox lag {outbox_lag_seconds():.1f}s")
         if once and failed:
             raise SystemExit(1)
 

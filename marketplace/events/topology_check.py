@@ -1,0 +1,471 @@
+"""Is the broker's topology what topology.py declares? And moving a classic-queue broker to it.
+
+Existence is checked over AMQP with passive declares, each on a fresh channel (a failed passive
+declare closes its channel). Queue arguments and bindings can only be read from the RabbitMQ
+management HTTP API; when it cannot be reached that is reported as a problem of its own
+("bindings not checked: ..."), never as a crash.
+
+A queue missing from the broker, or a subscriber queue no longer bound to the events fanout, is
+the dangerous case: publishing still succeeds (the other subscribers' queues take the event), so
+nothing else notices that one subscriber stopped receiving events. Re-declaring the topology heals
+it (declaring a subscriber queue re-creates its binding); the events published in between must be
+backfilled (``manage.py backfill_events``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import amqp
+import httpx
+from django.core.mail import mail_admins
+from django.utils import timezone
+from kombu import Connection, Queue
+
+from marketplace.events import topology
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Problem:
+    message: str
+    # Set when a subscriber may be missing new events (its queue or its fanout binding is gone):
+    # after healing, those events need a backfill to that subscriber.
+    subscriber: str | None = None
+    # The check could not look (management API unreachable): nothing is known to be wrong.
+    unchecked: bool = False
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ManagementApi:
+    """The few read calls of the RabbitMQ management HTTP API that the checks need."""
+
+    def __init__(self, url: str, *, timeout: float = 5.0):
+        parsed = httpx.URL(url)
+        self.auth = (parsed.username, parsed.password) if parsed.username else None
+        # Shown in messages: never the password.
+        self.url = str(parsed.copy_with(username=None, password=None)).rstrip("/") + "/"
+        self.timeout = timeout
+
+    def get(self, path: str) -> Any | None:
+        """The JSON at ``path`` (relative to the API root), None for 404; raises httpx.HTTPError."""
+        response = httpx.get(self.url + path, auth=self.auth, timeout=self.timeout)
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return response.json()
+
+    def queues(self, vhost: str) -> dict[str, dict]:
+        rows = self.get(f"queues/{_quote(vhost)}?columns=name,type,arguments") or []
+        return {row["name"]: row for row in rows}
+
+    def exchanges(self, vhost: str) -> dict[str, dict]:
+        rows = self.get(f"exchanges/{_quote(vhost)}?columns=name,type") or []
+        return {row["name"]: row for row in rows}
+
+    def bindings_from(self, vhost: str, exchange: str) -> list[dict]:
+        return self.get(f"exchanges/{_quote(vhost)}/{_quote(exchange)}/bindings/source") or []
+
+    def bindings_to(self, vhost: str, queue: str) -> list[dict]:
+        """Bindings of ``queue``, without the default exchange's implicit one."""
+        return [b for b in self.get(f"queues/{_quote(vhost)}/{_quote(queue)}/bindings") or [] if b["source"]]
+
+
+def _quote(name: str) -> str:
+    return quote(name, safe="")
+
+
+def _exists(connection: Connection, declare_passively: Callable[[Any], Any]) -> bool:
+    """Passive declare on a fresh channel: True if the entity exists, False on NOT_FOUND."""
+    channel = connection.channel()
+    try:
+        declare_passively(channel)
+        return True
+    except connection.channel_errors as exc:
+        if getattr(exc, "reply_code", None) == 404:
+            return False
+        raise
+    finally:
+        try:
+            channel.close()
+        except Exception:  # the broker closed it already
+            logger.debug("closing a channel after a passive declare failed", exc_info=True)
+
+
+def topology_problems(
+    connection: Connection,
+    management_url: str | None,
+    *,
+    retry_delays: dict[str, tuple[int, ...]] | None = None,
+    timeout: float = 5.0,
+) -> list[Problem]:
+    """Everything about the broker that differs from topology.py, as human-readable problems.
+
+    Changes nothing. An empty list means: both exchanges, every queue (retry queues for
+    ``retry_delays`` included) with the declared arguments, and every binding exist.
+    """
+    problems: list[Problem] = []
+    exchanges = (topology.EVENTS_EXCHANGE, topology.DEAD_LETTER_EXCHANGE)
+    missing_exchanges = set()
+    for exchange in exchanges:
+        if not _exists(connection, lambda ch, e=exchange: ch.exchange_declare(e.name, e.type, passive=True)):
+            missing_exchanges.add(exchange.name)
+            problems.append(Problem(f"exchange {exchange.name} is missing"))
+
+    expected = topology.all_queues(retry_delays)
+    present = []
+    for queue in expected:
+        if _exists(connection, lambda ch, q=queue: ch.queue_declare(q.name, passive=True)):
+            present.append(queue)
+            continue
+        subscriber = topology.subscriber_for_queue(queue.name)
+        consequence = f": subscriber {subscriber.name} receives no events" if subscriber else ""
+        problems.append(Problem(f"queue {queue.name} is missing{consequence}", subscriber=_name(subscriber)))
+
+    if not management_url:
+        return [*problems, Problem("bindings not checked: RABBITMQ_MANAGEMENT_URL is not set", unchecked=True)]
+    api = ManagementApi(management_url, timeout=timeout)
+    vhost = connection.virtual_host
+    try:
+        actual_exchanges = api.exchanges(vhost)
+        actual_queues = api.queues(vhost)
+        actual_bindings = {
+            (b["source"], b["destination"], b["routing_key"])
+            for exchange in exchanges
+            if exchange.name not in missing_exchanges
+            for b in api.bindings_from(vhost, exchange.name)
+            if b["destination_type"] == "queue"
+        }
+    except (httpx.HTTPError, ValueError) as exc:
+        problems.append(
+            Problem(
+                f"bindings not checked: management API {api.url} unreachable ({type(exc).__name__}: {exc}); "
+                "queue arguments not checked either",
+                unchecked=True,
+            )
+        )
+        return problems
+
+    for exchange in exchanges:
+        actual_type = actual_exchanges.get(exchange.name, {}).get("type")
+        if actual_type and actual_type != exchange.type:
+            problems.append(Problem(f"exchange {exchange.name} is of type {actual_type}, not {exchange.type}"))
+
+    for queue in present:
+        actual = actual_queues.get(queue.name)
+        if actual is not None and actual.get("arguments", {}) != queue.queue_arguments:
+            problems.append(Problem(f"queue {queue.name} has {_argument_differences(actual, queue)}"))
+        for exchange_name, routing_key in sorted(topology.queue_bindings(queue)):
+            if exchange_name in missing_exchanges or (exchange_name, queue.name, routing_key) in actual_bindings:
+                continue
+            subscriber = (
+                topology.subscriber_for_queue(queue.name) if exchange_name == topology.EVENTS_EXCHANGE.name else None
+            )
+            key = f" with routing key {routing_key}" if routing_key else ""
+            consequence = f": subscriber {subscriber.name} receives no new events" if subscriber else ""
+            problems.append(
+                Problem(
+                    f"queue {queue.name} is not bound to exchange {exchange_name}{key}{consequence}",
+                    subscriber=_name(subscriber),
+                )
+            )
+
+    if topology.EVENTS_EXCHANGE.name not in missing_exchanges:
+        fanout = topology.EVENTS_EXCHANGE.name
+        bound = [s for s in topology.SUBSCRIBERS if (fanout, s.queue_name, "") in actual_bindings]
+        if len(bound) < len(topology.SUBSCRIBERS):
+            names = ", ".join(s.queue_name for s in bound) or "none"
+            problems.append(
+                Problem(
+                    f"exchange {fanout} fans out to {len(bound)} of the {len(topology.SUBSCRIBERS)} "
+                    f"subscriber queues topology.py declares (bound: {names})"
+                )
+            )
+    return problems
+
+
+def _name(subscriber: topology.Subscriber | None) -> str | None:
+    return subscriber.name if subscriber else None
+
+
+def _argument_differences(actual: dict, queue: Queue) -> str:
+    have, want = actual.get("arguments", {}), queue.queue_arguments
+    differing = sorted(name for name in {*have, *want} if have.get(name) != want.get(name))
+    details = ", ".join(f"{name}={have.get(name)!r} (want {want.get(name)!r})" for name in differing)
+    hint = (
+        " (a classic queue of the previous release: run setup_broker --migrate)"
+        if actual.get("type") == "classic"
+        else ""
+    )
+    return f"other arguments than topology.py declares: {details}{hint}"
+
+
+# --- the relay's periodic check ---------------------------------------------------------------
+
+
+@dataclass
+class TopologyWatch:
+    """Checks the topology every ``interval`` seconds; alerts once per distinct problem set and heals.
+
+    The relay owns one and calls ``check_if_due()`` from its loop.
+    """
+
+    broker_url: str
+    management_url: str | None
+    interval: float
+    retry_delays: dict[str, tuple[int, ...]] | None = None
+    timeout: float = 5.0
+    _next_check: float = field(default=0.0, init=False)
+    # The problem set last alerted about: the same set is not mailed again every interval.
+    _alerted: frozenset[str] = field(default=frozenset(), init=False)
+    _last_ok_at: datetime | None = field(default=None, init=False)
+
+    def check_if_due(self) -> list[Problem] | None:
+        if time.monotonic() < self._next_check:
+            return None
+        self._next_check = time.monotonic() + self.interval
+        try:
+            return self.check()
+        except Exception as exc:  # the broker is down: the relay's publishing reports that already
+            logger.warning("broker topology not checked: %s: %s", type(exc).__name__, exc)
+            return None
+
+    def check(self) -> list[Problem]:
+        checked_at = timezone.now()
+        with self._connection() as connection:
+            problems = topology_problems(
+                connection, self.management_url, retry_delays=self.retry_delays, timeout=self.timeout
+            )
+            faults = [p for p in problems if not p.unchecked]
+            if not faults:
+                if self._alerted:
+                    logger.info("broker topology is as declared again")
+                self._alerted = frozenset()
+                self._last_ok_at = checked_at
+                for problem in problems:
+                    logger.warning("%s", problem)
+                return problems
+            heal_outcome = self._heal(connection)
+        key = frozenset(str(p) for p in problems)
+        if key != self._alerted:
+            self._alert(problems, heal_outcome)
+            self._alerted = key
+        return problems
+
+    def _connection(self) -> Connection:
+        connection = Connection(
+            self.broker_url,
+            connect_timeout=self.timeout,
+            transport_options={"read_timeout": self.timeout, "write_timeout": self.timeout},
+            heartbeat=0,
+        )
+        connection.ensure_connection(max_retries=0)
+        return connection
+
+    def _heal(self, connection: Connection) -> str:
+        try:
+            topology.declare(connection, self.retry_delays)
+        except Exception as exc:
+            logger.error("re-declaring the broker topology failed, it is NOT healed: %s", exc)
+            return f"Re-declaring the topology failed, so it is NOT healed: {exc}"
+        remaining = topology_problems(connection, self.management_url, retry_delays=self.retry_delays)
+        if any(not p.unchecked for p in remaining):
+            logger.error("re-declared the broker topology; still wrong: %s", "; ".join(map(str, remaining)))
+            return "Re-declared the topology; still wrong after that:\n" + "\n".join(f"  - {p}" for p in remaining)
+        logger.warning("re-declared the broker topology: healed (missing queues and bindings re-created)")
+        return "Re-declared the topology: healed (missing queues and bindings were re-created)."
+
+    def _alert(self, problems: list[Problem], heal_outcome: str) -> None:
+        lines = [f"  - {p}" for p in problems]
+        logger.error("broker topology differs from topology.py: %s", "; ".join(map(str, problems)))
+        body = ["The outbox relay found the RabbitMQ topology broken:", *lines, "", heal_outcome]
+        gap = sorted({p.subscriber for p in problems if p.subscriber})
+        if gap:
+            since = self._last_ok_at.isoformat() if self._last_ok_at else "<when the queue or binding went missing>"
+            body += [
+                "",
+                "Events published while a subscriber queue or its fanout binding was missing never reached "
+                "that subscriber. A backfill is needed for the gap (subscribers dedupe by event id, so "
+                "overlapping is safe):",
+                *(f"  manage.py backfill_events --subscriber {name} --since {since}" for name in gap),
+            ]
+            if self._last_ok_at:
+                body.append(f"(The topology was last seen intact at {since}.)")
+        mail_admins("Broker topology broken: subscribers may miss events", "\n".join(body), fail_silently=True)
+
+
+# --- moving the classic-queue release's queues to the quorum declarations ----------------------
+
+
+class MigrationError(RuntimeError):
+    """The migration cannot (or must not) go on; nothing queued was dropped."""
+
+
+def migration_queue_name(queue_name: str) -> str:
+    return f"{queue_name}.migrating"
+
+
+# A temporary queue only holds messages: no TTL, no dead-lettering, nothing consumes it. Classic,
+# because only a classic queue can be deleted "if empty" (quorum queues refuse that flag).
+_HOLDING_ARGUMENTS = {"x-queue-type": "classic"}
+
+
+def migrate_topology(
+    connection: Connection,
+    management_url: str,
+    *,
+    retry_delays: dict[str, tuple[int, ...]] | None = None,
+    report: Callable[[str], None] = print,
+) -> int:
+    """Re-create every queue whose arguments differ from topology.py (the previous release's
+    classic queues), keeping every message; then declare the whole topology. Returns the number of
+    queues migrated.
+
+    Per queue: a temporary quorum queue takes over its bindings (so new events land there), every
+    message moves to it (basic_get, publish with publisher confirms, then ack), the old queue is
+    deleted and declared anew, the messages move back, the new queue gets its bindings and the
+    temporary one is deleted. A run that stopped half-way is finished by the next run (a leftover
+    temporary queue is emptied into its queue). Workers must be stopped: a queue with consumers is
+    refused.
+    """
+    api = ManagementApi(management_url)
+    vhost = connection.virtual_host
+    try:
+        actual = api.queues(vhost)
+    except (httpx.HTTPError, ValueError) as exc:
+        raise MigrationError(f"the migration reads queue arguments from the management API {api.url}: {exc}") from exc
+
+    for exchange in (topology.EVENTS_EXCHANGE, topology.DEAD_LETTER_EXCHANGE):
+        exchange(connection.default_channel).declare()
+
+    queues = topology.all_queues(retry_delays)
+    to_migrate = [
+        q
+        for q in queues
+        if (q.name in actual and actual[q.name].get("arguments", {}) != q.queue_arguments)
+        or migration_queue_name(q.name) in actual
+    ]
+    # Consumer counts from the broker itself (the management API's lag by its statistics interval).
+    consumers = {
+        name: connection.default_channel.queue_declare(name, passive=True).consumer_count
+        for q in to_migrate
+        for name in (q.name, migration_queue_name(q.name))
+        if name in actual
+    }
+    busy = [f"{name} ({count} consumer(s))" for name, count in consumers.items() if count]
+    if busy:
+        raise MigrationError(
+            f"queues still have consumers: {', '.join(busy)}. Stop every worker (old and new) before migrating."
+        )
+
+    for queue in to_migrate:
+        _migrate_queue(connection, api, vhost, queue, actual.get(queue.name), report)
+    if not to_migrate:
+        report("every queue already has the arguments topology.py declares: nothing to migrate")
+    topology.declare(connection, retry_delays)
+    return len(to_migrate)
+
+
+def _migrate_queue(
+    connection: Connection, api: ManagementApi, vhost: str, queue: Queue, actual: dict | None, report
+) -> None:
+    holding = migration_queue_name(queue.name)
+    wanted_bindings = sorted(topology.queue_bindings(queue))
+    if actual is not None and actual.get("arguments", {}) != queue.queue_arguments:
+        channel = connection.default_channel
+        count = channel.queue_declare(queue.name, passive=True).message_count
+        report(
+            f"{queue.name}: {actual.get('type')} queue with {count} message(s) "
+            f"and arguments {actual.get('arguments')}: migrating through {holding}"
+        )
+        if api.get(f"queues/{_quote(vhost)}/{_quote(holding)}") is None:
+            channel.queue_declare(holding, durable=True, auto_delete=False, arguments=_HOLDING_ARGUMENTS)
+        # New events land in the holding queue before the old queue stops receiving them: an event
+        # published in between lands in both (a duplicate the subscriber dedupes), never in neither.
+        for exchange_name, routing_key in wanted_bindings:
+            channel.queue_bind(holding, exchange_name, routing_key)
+        for b in api.bindings_to(vhost, queue.name):
+            channel.queue_unbind(queue.name, b["source"], b["routing_key"], arguments=b.get("arguments") or {})
+        moved = _move_all_then_delete(connection, queue.name, holding, source_type=actual.get("type"))
+        report(f"  moved {moved} message(s) to {holding}; deleted the old {queue.name}")
+
+    channel = connection.default_channel
+    # Declared without bindings first, so that the held (older) messages are queued before new ones.
+    channel.queue_declare(queue.name, durable=True, auto_delete=False, arguments=queue.queue_arguments)
+    moved = _move_messages(connection, holding, queue.name)
+    for exchange_name, routing_key in wanted_bindings:
+        channel.queue_bind(queue.name, exchange_name, routing_key)
+    for b in api.bindings_to(vhost, holding):
+        channel.queue_unbind(holding, b["source"], b["routing_key"], arguments=b.get("arguments") or {})
+    holding_type = (api.get(f"queues/{_quote(vhost)}/{_quote(holding)}") or {}).get("type")
+    moved += _move_all_then_delete(connection, holding, queue.name, source_type=holding_type)
+    bound = ", ".join(f"{e}" + (f" ({k})" if k else "") for e, k in wanted_bindings) or "no exchange"
+    report(f"  declared {queue.name} as topology.py says (bound to {bound}); moved {moved} message(s) back")
+
+
+def _move_all_then_delete(
+    connection: Connection, source: str, target: str, *, source_type: str | None, attempts: int = 5
+) -> int:
+    """Move every message from ``source`` (no longer bound anywhere) to ``target``, then delete
+    ``source`` only if it is empty."""
+    moved = 0
+    for _ in range(attempts):
+        moved += _move_messages(connection, source, target)
+        channel = connection.channel()
+        try:
+            if source_type == "classic":
+                channel.queue_delete(source, if_empty=True)
+                return moved
+            # Quorum queues refuse the if-empty flag (and RabbitMQ closes the connection for it).
+            if channel.queue_declare(source, passive=True).message_count == 0:
+                dropped = channel.queue_delete(source)
+                if dropped:
+                    raise MigrationError(f"{dropped} message(s) reached {source} while it was being deleted")
+                return moved
+        except connection.channel_errors as exc:
+            if getattr(exc, "reply_code", None) != 406:  # PRECONDITION_FAILED: a message arrived meanwhile
+                raise
+        finally:
+            _close_quietly(channel)
+    raise MigrationError(f"{source} kept receiving messages; is something still publishing to it directly?")
+
+
+def _move_messages(connection: Connection, source: str, target: str) -> int:
+    """Move every message of ``source`` into ``target`` through the default exchange.
+
+    Body, properties and headers are kept as they are. A message is acknowledged on ``source``
+    only after ``target`` confirmed it, so a failure leaves it in ``source`` (at worst in both).
+    """
+    channel = connection.channel()
+    channel.auto_decode = False  # the body is republished byte for byte
+    returned: list[str] = []
+    channel.events["basic_return"].add(lambda exc, exchange, routing_key, message: returned.append(str(exc)))
+    moved = 0
+    try:
+        while (message := channel.basic_get(queue=source, no_ack=False)) is not None:
+            channel.basic_publish_confirm(
+                amqp.Message(message.body, **message.properties), exchange="", routing_key=target, mandatory=True
+            )
+            if returned:
+                raise MigrationError(f"{target} did not take a message from {source}: {returned[0]}")
+            channel.basic_ack(message.delivery_info["delivery_tag"])
+            moved += 1
+    finally:
+        _close_quietly(channel)  # unacknowledged messages go back to source
+    return moved
+
+
+def _close_quietly(channel) -> None:
+    try:
+        channel.close()
+    except Exception:
+        logger.debug("closing a channel the broker had closed", exc_info=True)
