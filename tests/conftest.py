@@ -362,6 +362,10 @@ def _consumer_counts(broker_url: str) -> list[int]:
         ]
 
 
+def worker_is_idle(worker: WorkerProcess) -> bool:
+    return _idle([worker])
+
+
 def _idle(workers: list[WorkerProcess]) -> bool:
     """No task running, prefetched or waiting for its countdown in any of ``workers``."""
     hostnames = [worker.hostname for worker in workers]

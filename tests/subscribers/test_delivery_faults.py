@@ -11,7 +11,7 @@ from marketplace.events.envelope import InvalidEnvelope
 from marketplace.events.models import FailedEvent, ProcessedEvent
 from marketplace.events.publisher import BrokerPublisher
 from segmentation.models import CustomerProfile
-from tests.conftest import eventually, queue_depth, record_dead_letters
+from tests.conftest import eventually, queue_depth, record_dead_letters, worker_is_idle
 
 pytestmark = [pytest.mark.workers]
 
@@ -69,6 +69,7 @@ def test_a_retry_waits_in_the_broker_not_in_the_worker(workers, faults, shop, pl
     retry_queue = subscriber.retry_queue_name(6)
     eventually(lambda: queue_depth(broker, retry_queue) == 1, timeout=10, message="the retry in its retry queue")
     assert queue_depth(broker, subscriber.queue_name) == 0
+    eventually(lambda: worker_is_idle(worker), timeout=10, message="the first attempt to be acknowledged")
     # Nothing is held by the worker: killing it now loses nothing and delays nothing.
     worker.kill()
     replace_worker("order_confirmation")
