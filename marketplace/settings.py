@@ -153,7 +153,12 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # while the cluster may still hold it for the lost connection (RESOURCE_LOCKED, a channel error):
 # reconnect and try again instead of exiting with "Unrecoverable error".
 CELERY_BROKER_CHANNEL_ERROR_RETRY = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+# Celery's own connections do not wait for publisher confirms (task events are best effort);
+# retries, dead letters and replays go through marketplace.celery.confirming_producer().
+CELERY_BROKER_TRANSPORT_OPTIONS = {}
+# Celery's Django fixup closes the database connection around every task unless this is set:
+# reconnect every 1,000 tasks instead (a broken connection is dropped before the next task).
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_BACKEND = None

@@ -104,19 +104,23 @@ class EventConsumer(Consumer):
 
     def _dead_letter(self, subscriber, message, exc):
         # Imported here: the worker loads this class before Django's app registry is ready.
+        from marketplace.celery import confirming_producer
         from marketplace.events import dead_letters
 
         logger.error(
             "%s cannot process a message (%s: %s); dead-lettering it", subscriber.name, type(exc).__name__, exc
         )
         try:
-            with self.app.producer_or_acquire() as producer:
-                dead_letters.publish_raw(
-                    producer, message, subscriber=subscriber, headers=dead_letters.failure_headers(exc=exc, attempts=1)
-                )
+            dead_letters.publish_raw(
+                confirming_producer(),
+                message,
+                subscriber=subscriber,
+                headers=dead_letters.failure_headers(exc=exc, attempts=1),
+            )
         except self.connection_errors:
-            logger.warning("could not dead-letter a message of %s; it will be redelivered", subscriber.name)
-            return
+            # Back to the queue (counted against its delivery limit) to be tried again.
+            logger.warning("could not dead-letter a message of %s; returning it to the queue", subscriber.name)
+            return message.reject(requeue=True)
         except Exception:
             # RabbitMQ dead-letters it itself (at least once); only the reason is lost.
             logger.exception("could not dead-letter a message of %s; rejecting it", subscriber.name)

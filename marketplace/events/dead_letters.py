@@ -95,6 +95,8 @@ def publish_raw(producer: Producer, message, *, subscriber: topology.Subscriber,
         serializer=None,
         delivery_mode=2,
         mandatory=True,
+        retry=True,
+        retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 1, "interval_max": 2},
         **{k: v for k, v in properties.items() if k in ("message_id", "correlation_id", "type", "app_id", "timestamp")},
     )
 

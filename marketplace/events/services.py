@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from marketplace.celery import app
+from marketplace.celery import app, confirming_producer
 from marketplace.events import dead_letters, topology
 from marketplace.events.models import FailedEvent, FailedEventReplay
 
@@ -36,6 +36,7 @@ def failed_event_replay(*, failed_event: FailedEvent, requested_by=None, via: st
             args=[failed_event.payload],
             queue=subscriber.queue_name,
             headers={dead_letters.REPLAY_OF: str(failed_event.pk)},
+            producer=confirming_producer(),
         )
     except Exception:
         FailedEvent.objects.filter(pk=failed_event.pk).update(status=FailedEvent.Status.FAILED)
