@@ -23,7 +23,7 @@ from django.conf import settings
 from django.core.mail import EmailMessage
 from django.db import transaction
 
-from marketplace.events.subscriber import TransientDownstreamError, claim_event
+from marketplace.events.subscriber import TransientDownstreamError, claim_event, insert_once
 from notifications.models import Notification
 from orders.models import Seller
 
@@ -91,17 +91,15 @@ def notify_sellers(*, envelope: dict[str, Any]) -> int:
     for seller_id, lines in sorted(lines_by_seller.items()):
         seller = sellers[seller_id]
         with transaction.atomic():
-            _, created = Notification.objects.get_or_create(
+            notification = Notification(
                 event_id=envelope["id"],
                 kind=Notification.Kind.SELLER_ORDER,
                 seller_id=seller_id,
-                defaults={
-                    "channel": Notification.Channel.WEBHOOK if seller.webhook_url else Notification.Channel.EMAIL,
-                    "recipient": seller.webhook_url or seller.email,
-                    "order_id": order["order_id"],
-                },
+                channel=Notification.Channel.WEBHOOK if seller.webhook_url else Notification.Channel.EMAIL,
+                recipient=seller.webhook_url or seller.email,
+                order_id=order["order_id"],
             )
-            if not created:
+            if not insert_once(notification):
                 continue
             if seller.webhook_url:
                 _post_webhook(seller, envelope, lines)

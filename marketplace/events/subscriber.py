@@ -14,7 +14,7 @@ import httpx
 from celery import Task
 from celery.exceptions import Reject, Retry
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, models, transaction
 from django.utils import timezone
 
 from marketplace.celery import app, confirming_producer
@@ -42,15 +42,26 @@ def claim_event(*, subscriber: str, event_id: str | uuid.UUID) -> bool:
     A concurrent duplicate blocks on the unique index until the first commits (then sees the
     marker) or rolls back (then takes over), so at most one effect is ever committed.
     """
+    assert transaction.get_connection().in_atomic_block, "claim_event must run inside the effect's transaction"
+    return insert_once(ProcessedEvent(subscriber=subscriber, event_id=event_id))
+
+
+def insert_once(row: models.Model) -> bool:
+    """INSERT ``row`` unless a row with the same unique key exists; True if it was inserted.
+
+    One statement, no savepoint (get_or_create costs a SELECT, a SAVEPOINT, the INSERT and a
+    RELEASE). Like the unique index itself, it waits for a concurrent insert of the same key to
+    commit (then inserts nothing) or roll back (then inserts).
+    """
     connection = transaction.get_connection()
-    assert connection.in_atomic_block, "claim_event must run inside the effect's transaction"
-    # One statement, no savepoint: get_or_create would cost a SELECT, a SAVEPOINT, the INSERT
-    # and a RELEASE. ON CONFLICT waits for a concurrent insert of the same pair to end.
+    fields = [field for field in row._meta.concrete_fields if not field.primary_key]
+    values = [field.get_db_prep_save(field.pre_save(row, add=True), connection) for field in fields]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {ProcessedEvent._meta.db_table} (subscriber, event_id, processed_at) VALUES (%s, %s, now())"
-            " ON CONFLICT (subscriber, event_id) DO NOTHING",
-            [subscriber, str(event_id)],
+            f"INSERT INTO {connection.ops.quote_name(row._meta.db_table)} "
+            f"({', '.join(connection.ops.quote_name(field.column) for field in fields)}) "
+            f"VALUES ({', '.join(['%s'] * len(fields))}) ON CONFLICT DO NOTHING",
+            values,
         )
         return cursor.rowcount == 1
 
