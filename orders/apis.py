@@ -108,7 +108,7 @@ class OrderListCreateApi(generics.GenericAPIView):
             correlation_id=request.request_id,
             idempotency_key=idempotency_key,
         )
-        order = selectors.order_get(buyer=request.user, order_id=placed.order.pk)
+        order = selectors.order_get(buyer=request.user, order_id=placed.order.pk) if placed.replayed else placed.order
         headers = {"Location": reverse("order-detail", args=[order.pk])}
         if placed.replayed:
             headers["Idempotent-Replayed"] = "true"

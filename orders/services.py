@@ -79,7 +79,7 @@ def order_place(
         _check_products(lines, products)
         _check_stock(lines, products)
 
-        order = Order.objects.create(buyer=buyer, currency=settings.MARKETPLACE_CURRENCY)
+        order = Order(buyer=buyer, currency=settings.MARKETPLACE_CURRENCY)
         order_lines = []
         for line in lines:
             product = products[line.product_id]
@@ -96,10 +96,13 @@ def order_place(
                     line_total=(product.price * line.quantity).quantize(CENT),
                 )
             )
+        order.total = sum((line.line_total for line in order_lines), Decimal("0.00"))
+        order.save()
         Product.objects.bulk_update(products.values(), ["stock"])
         OrderLine.objects.bulk_create(order_lines)
-        order.total = sum((line.line_total for line in order_lines), Decimal("0.00"))
-        order.save(update_fields=["total"])
+        # The lines just written are the order's lines: the event and the response use them as
+        # Django's prefetch would have loaded them, without reading them back.
+        order._prefetched_objects_cache = {"lines": order_lines}
 
         if idempotency_key is not None:
             IdempotencyKey.objects.create(

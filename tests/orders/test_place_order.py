@@ -170,3 +170,15 @@ def test_a_whole_number_written_with_a_decimal_point_is_an_integer(api):
 
     assert response.status_code == 201, response.content
     assert response.json()["lines"][0]["quantity"] == 2
+
+
+def test_placing_an_order_takes_only_the_statements_it_must(api, django_assert_max_num_queries):
+    hammer, bolts = ProductFactory(stock=5), ProductFactory(stock=5)
+
+    # The token; the products locked; the order (with its total), stock, lines and outbox row
+    # written; the transaction around them. Nothing that was just written is read back.
+    # (An Idempotency-Key adds its lock, its lookup and its row.)
+    with django_assert_max_num_queries(8):
+        response = place(api, (hammer, 1), (bolts, 2))
+
+    assert response.status_code == 201, response.content
