@@ -19,7 +19,6 @@ import json
 import logging
 import traceback as tb
 import uuid
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -288,8 +287,8 @@ def compact(connection: Connection, subscriber: topology.Subscriber) -> int:
     )
     if not closing:
         return 0
-    with _compaction_lock(subscriber) as locked:
-        if not locked:
+    with transaction.atomic():
+        if not _locked_for_compaction(subscriber):
             return 0
         channel = connection.channel()
         try:
@@ -300,6 +299,15 @@ def compact(connection: Connection, subscriber: topology.Subscriber) -> int:
     if removed:
         logger.info("removed %d closed failure(s) from %s", removed, subscriber.dead_letter_queue_name)
     return removed
+
+
+def _locked_for_compaction(subscriber: topology.Subscriber) -> bool:
+    """One compaction per dead-letter queue at a time, across every recorder process; the lock is
+    the transaction's (safe behind a transaction-pooling pgbouncer)."""
+    key = int.from_bytes(hashlib.sha256(subscriber.dead_letter_queue_name.encode()).digest()[:8], "big") >> 1
+    with db_connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [key])
+        return cursor.fetchone()[0]
 
 
 def _compaction_pass(channel, subscriber: topology.Subscriber) -> int:
@@ -340,18 +348,3 @@ def _compaction_pass(channel, subscriber: topology.Subscriber) -> int:
         if status is not None:
             kept.add(identity)
     return removed
-
-
-@contextmanager
-def _compaction_lock(subscriber: topology.Subscriber):
-    """One compaction per dead-letter queue at a time, across every recorder process."""
-    key = int.from_bytes(hashlib.sha256(subscriber.dead_letter_queue_name.encode()).digest()[:8], "big") >> 1
-    with db_connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
-        locked = cursor.fetchone()[0]
-    try:
-        yield locked
-    finally:
-        if locked:
-            with db_connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [key])

@@ -29,6 +29,7 @@ from django.utils import timezone
 from kombu import Connection, Queue
 
 from marketplace.events import topology
+from marketplace.events.publisher import connect_once
 
 logger = logging.getLogger(__name__)
 
@@ -268,7 +269,7 @@ class TopologyWatch:
             transport_options={"read_timeout": self.timeout, "write_timeout": self.timeout},
             heartbeat=0,
         )
-        connection.ensure_connection(max_retries=0)
+        connect_once(connection)  # one try per node of BROKER_URL
         return connection
 
     def _heal(self, connection: Connection) -> str:
