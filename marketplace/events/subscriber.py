@@ -118,12 +118,17 @@ class SubscriberTask(Task):
 
     def _retry_in(self, delay: int, exc: BaseException, headers: dict[str, Any]) -> Retry:
         subscriber = topology.subscriber_named(self.subscriber)
-        self.signature_from_request(
-            self.request,
-            queue=subscriber.retry_queue(delay),
-            retries=self.request.retries + 1,
-            headers=headers,
-        ).apply_async(producer=confirming_producer())
+        try:
+            self.signature_from_request(
+                self.request,
+                queue=subscriber.retry_queue(delay),
+                retries=self.request.retries + 1,
+                headers=headers,
+            ).apply_async(producer=confirming_producer())
+        except Exception as publish_error:
+            # Not acknowledged: back to its queue (counted against the delivery limit), never lost.
+            logger.warning("could not publish the retry of %s (%s); returning it", self.request.id, publish_error)
+            raise Reject(exc, requeue=True) from publish_error
         return Retry(exc=exc, when=delay)
 
     def _dead_letter(self, exc: BaseException, headers: dict[str, Any], first_failed_at: str) -> None:
