@@ -1,22 +1,8 @@
-from argparse import ArgumentTypeError
-from datetime import datetime, time
-
 from django.core.management.base import BaseCommand, CommandError
-from django.utils import timezone
-from django.utils.dateparse import parse_date, parse_datetime
 
 from marketplace.events import topology
 from marketplace.events.backfill import BackfillError, backfill_events
-
-
-def _moment(text: str) -> datetime:
-    moment = parse_datetime(text)
-    if moment is None:
-        day = parse_date(text)
-        if day is None:
-            raise ArgumentTypeError(f"not a date or an ISO date-time: {text!r}")
-        moment = datetime.combine(day, time.min)
-    return moment if timezone.is_aware(moment) else timezone.make_aware(moment)
+from marketplace.events.management.arguments import moment
 
 
 class Command(BaseCommand):
@@ -30,10 +16,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--subscriber", required=True, choices=[s.name for s in topology.SUBSCRIBERS])
         parser.add_argument(
-            "--since", required=True, type=_moment, help="Events created at or after this date / ISO date-time."
+            "--since", required=True, type=moment, help="Events created at or after this date / ISO date-time."
         )
         parser.add_argument(
-            "--until", type=_moment, help="Events created before this date / ISO date-time (default: now)."
+            "--until", type=moment, help="Events created before this date / ISO date-time (default: now)."
         )
         parser.add_argument(
             "--type", action="append", dest="event_types", metavar="EVENT_TYPE", help="Only this type (repeatable)."

@@ -1,22 +1,9 @@
-from datetime import datetime, time
-
-from django.core.management.base import BaseCommand, CommandError
-from django.utils import timezone
-from django.utils.dateparse import parse_date, parse_datetime
+from django.core.management.base import BaseCommand
 
 from marketplace.events import topology
+from marketplace.events.management.arguments import moment
 from marketplace.events.models import FailedEvent
 from marketplace.events.services import REPLAYABLE, NotReplayable, failed_event_replay
-
-
-def _moment(text: str) -> datetime:
-    moment = parse_datetime(text)
-    if moment is None:
-        day = parse_date(text)
-        if day is None:
-            raise CommandError(f"--since wants a date or an ISO date-time, not {text!r}")
-        moment = datetime.combine(day, time.min)
-    return moment if timezone.is_aware(moment) else timezone.make_aware(moment)
 
 
 class Command(BaseCommand):
@@ -25,7 +12,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--subscriber", choices=[s.name for s in topology.SUBSCRIBERS])
         parser.add_argument("--id", type=int, action="append", dest="ids", help="FailedEvent id (repeatable).")
-        parser.add_argument("--since", help="Only events that last failed at or after this date / date-time.")
+        parser.add_argument(
+            "--since", type=moment, help="Only events that last failed at or after this date / date-time."
+        )
         parser.add_argument("--dry-run", action="store_true", help="List what would be replayed; change nothing.")
 
     def handle(self, *args, subscriber, ids, since, dry_run, **options):
@@ -35,7 +24,7 @@ class Command(BaseCommand):
         if ids:
             failed_events = failed_events.filter(id__in=ids)
         if since:
-            failed_events = failed_events.filter(last_failed_at__gte=_moment(since))
+            failed_events = failed_events.filter(last_failed_at__gte=since)
 
         replayed = 0
         for failed_event in failed_events:
