@@ -203,6 +203,9 @@ SUBSCRIBER_RETRY_DELAYS = {
     name: tuple(sorted({*topology.retry_delays(**policy), SUBSCRIBER_INFRA_RETRY_SECONDS}))
     for name, policy in SUBSCRIBER_RETRY.items()
 }
+# A worker whose queue was deleted under it republishes, once the queue is back, the outbox
+# events created this many seconds before (its dedupe skips those it already had).
+QUEUE_LOSS_BACKFILL_SECONDS = env.int("QUEUE_LOSS_BACKFILL_SECONDS", default=120)
 # The dead-letter recorder removes resolved and archived failures from the dead-letter queues
 # this often (seconds).
 DEAD_LETTER_COMPACT_SECONDS = env.float("DEAD_LETTER_COMPACT_SECONDS", default=5.0)

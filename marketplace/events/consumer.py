@@ -18,8 +18,12 @@ that fails its schema is the task's to reject: it dead-letters it the same way.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
+from datetime import timedelta
 
+from amqp.exceptions import ConsumerCancelled
 from celery.exceptions import NotRegistered
 from celery.worker.consumer import Consumer
 from kombu.utils.json import dumps
@@ -83,6 +87,19 @@ class EventConsumer(Consumer):
         message._decoded_cache = None
         return True
 
+    def on_connection_error_after_connected(self, exc):
+        if isinstance(exc, ConsumerCancelled):
+            # RabbitMQ cancels a consumer whose queue was deleted. The worker re-declares the queue
+            # (with its fanout binding) as it reconnects; what the fanout published meanwhile is gone.
+            for subscriber in self._cancelled_subscribers(exc):
+                threading.Thread(target=recover_lost_queue, args=(self.app, subscriber), daemon=True).start()
+        return super().on_connection_error_after_connected(exc)
+
+    def _cancelled_subscribers(self, exc) -> list[topology.Subscriber]:
+        tags = getattr(self.task_consumer, "_active_tags", {}) if self.task_consumer else {}
+        names = [queue for queue, tag in tags.items() if tag in exc.args] or list(tags)
+        return [s for s in map(topology.subscriber_for_queue, names) if s is not None]
+
     def on_decode_error(self, message, exc):
         subscriber = self._subscriber_of(message)
         if subscriber is None:
@@ -134,3 +151,59 @@ class EventConsumer(Consumer):
             if queue_tag == tag:
                 return topology.subscriber_for_queue(queue_name)
         return None
+
+
+def recover_lost_queue(app, subscriber: topology.Subscriber) -> None:
+    """Alert, wait for the queue to be back, then backfill the events it may have missed."""
+    from django.conf import settings
+    from django.core.mail import mail_admins
+    from django.db import close_old_connections
+    from django.utils import timezone
+
+    from marketplace.events.backfill import backfill_events
+
+    lost_at = timezone.now()
+    since = lost_at - timedelta(seconds=settings.QUEUE_LOSS_BACKFILL_SECONDS)
+    logger.error(
+        "queue %s was deleted under its worker; events published until it is back never reached %s. "
+        "Backfilling it from the outbox since %s.",
+        subscriber.queue_name,
+        subscriber.name,
+        since.isoformat(),
+    )
+    try:
+        _wait_for_queue(app, subscriber)
+        result = backfill_events(subscriber=subscriber, since=since)
+        outcome = f"republished {result.published} event(s) created since {since.isoformat()} to it"
+    except Exception as exc:
+        logger.exception("could not backfill %s after its queue was deleted", subscriber.queue_name)
+        outcome = (
+            f"the automatic backfill failed ({type(exc).__name__}: {exc}); run\n"
+            f"  manage.py backfill_events --subscriber {subscriber.name} --since {since.isoformat()}"
+        )
+    finally:
+        close_old_connections()
+    logger.error("queue %s is back; %s", subscriber.queue_name, outcome)
+    mail_admins(
+        subject=f"[marketplace] queue {subscriber.queue_name} was deleted",
+        message=(
+            f"RabbitMQ cancelled the consumer of {subscriber.queue_name} at {lost_at.isoformat()}: the queue was "
+            f"deleted. The worker declared it again with its fanout binding, and {outcome} "
+            "(the subscriber dedupes by event id, so events it already had are not repeated)."
+        ),
+        fail_silently=True,
+    )
+
+
+def _wait_for_queue(app, subscriber: topology.Subscriber, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    with app.connection_for_write() as connection:
+        while True:
+            try:
+                connection.channel().queue_declare(subscriber.queue_name, passive=True)
+                time.sleep(1)  # the worker binds it right after declaring it
+                return
+            except connection.channel_errors:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
