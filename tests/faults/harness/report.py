@@ -45,6 +45,10 @@ Do not edit by hand: run `bin/faults` again.
 
 ## How it was measured
 
+- **Losing a cluster node** needs three RabbitMQ nodes, so it has a test of its own rather than a
+  row here: `./bin/test -m cluster` (`tests/faults/test_cluster.py`) runs orders through two
+  workers per subscriber on the cluster of `bin/rabbitmq-cluster`, stops the node that leads the
+  subscriber queues mid-stream, and asserts 0 lost and 0 duplicated effects, counted at the edge.
 - **The system.** `bin/faults` creates a PostgreSQL 15 cluster (`pg_createcluster`, its own port,
   trust auth on localhost) and a RabbitMQ node (its own node name, ports, mnesia and log directories),
   both loopback only and owned by the run, so stopping or breaking them never touches the shared
