@@ -100,9 +100,7 @@ def order_place(
         order.save()
         Product.objects.bulk_update(products.values(), ["stock"])
         OrderLine.objects.bulk_create(order_lines)
-        # The lines just written are the order's lines: the event and the response use them as
-        # Django's prefetch would have loaded them, without reading them back.
-        order._prefetched_objects_cache = {"lines": order_lines}
+        _prefetched(order, "lines", order_lines)
 
         if idempotency_key is not None:
             IdempotencyKey.objects.create(
@@ -110,6 +108,15 @@ def order_place(
             )
         enqueue_event(order_placed_envelope(order=order, correlation_id=correlation_id))
     return PlacedOrder(order=order)
+
+
+def _prefetched(instance, relation: str, rows: list) -> None:
+    """Cache ``rows`` as ``instance.<relation>.all()``, the way prefetch_related stores what it
+    loaded: the event and the response use the lines just written without reading them back."""
+    queryset = getattr(instance, relation).all()
+    queryset._result_cache = rows
+    queryset._prefetch_done = True
+    instance._prefetched_objects_cache = {relation: queryset}
 
 
 def _lock_idempotency_key(*, buyer_id: int, key: str) -> None:
