@@ -1,0 +1,216 @@
+"""The Markdown report: ratio table, absolute numbers, CPU and memory per process, profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.plot import plot
+from bench.ratios import _get, rows
+
+CPU_SCENARIOS = ("floor", "thin", "api_alone", "api_no_outbox", "full_stack", "task_events_off")
+MARK = {True: "met", False: "**missed**", None: "not measured"}
+
+
+def write(results: dict, output: Path) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    png = output.with_name(("benchmarks" if output.name == "benchmarks.md" else output.stem) + "-latency.png")
+    plotted = plot(results, png)
+    output.write_text(markdown(results, png.name if plotted else None))
+
+
+def markdown(results: dict, png: str | None) -> str:
+    m, checks = results["machine"], rows(results)
+    lines = [
+        "# Benchmarks",
+        "",
+        "Issue 8's targets, measured side by side in **one run** on this machine: the marketplace",
+        "against floors the harness builds itself (`bench/floor/`: the thinnest DRF view with the same",
+        "order SQL, and that view plus an on-commit confirmed publish to a fanout of its own consumed by",
+        "three no-op Celery workers), and a request-response baseline calling three 50 ms downstreams",
+        "inline. Absolute numbers depend on the machine and on whatever else runs on it; the ratios are",
+        "the point.",
+        "",
+        "Reproduce (PostgreSQL and RabbitMQ with its management plugin on 127.0.0.1; the run uses database",
+        "`marketplace_bench`, vhost `marketplace-bench` and ports 8100-8103 of its own, and stops every",
+        "process it started):",
+        "",
+        "```sh",
+        ".venv/bin/pip install -e '.[bench]'     # matplotlib, py-spy; `apt-get install wrk` for the closed loops",
+        ".venv/bin/python -m bench               # about 20 minutes: this page and benchmarks-latency.png",
+        ".venv/bin/python -m bench --quick       # under 2 minutes: bench/results/quick.md",
+        "```",
+        "",
+        f"Command: `{results.get('command', '.venv/bin/python -m bench').strip()}` "
+        f"({results.get('elapsed_seconds', '?')} s; load generator: {'wrk' if m.get('wrk') else 'Python threads'}"
+        f" for closed loops with {results['params']['connections']} connections, Python threads for paced load).",
+        f"Code measured: {(results.get('code') or {}).get('start', '?')} at the start, "
+        f"{(results.get('code') or {}).get('end', '?')} at the end (other people change it while this runs).",
+        "",
+        "## Targets",
+        "",
+        "| target | goal | measured | result | absolute numbers of this run |",
+        "| --- | --- | ---: | --- | --- |",
+        *[f"| {r.target} | {r.goal} | {r.measured} | {MARK[r.met]} | {r.absolute} |" for r in checks],
+        "",
+    ]
+    if png:
+        lines += [f"![latency against offered load]({png})", ""]
+    missed = [r for r in checks if r.met is False]
+    if missed:
+        lines += ["## What bounds the missed targets", "", *bounds(results), ""]
+    lines += cpu_table(results) + memory_table(results) + scenario_table(results) + profile_section(results)
+    if results.get("errors"):
+        lines += ["## Scenarios that failed in this run", ""]
+        lines += [f"- `{name}`: {error.splitlines()[-1]}" for name, error in results["errors"].items()] + [""]
+    lines += [
+        "## Machine",
+        "",
+        f"- {m['cpus']} CPUs ({m['cpu']}), {m['memory_mib']} MiB RAM, Linux {m['kernel']}",
+        f"- Python {m['python']}, RabbitMQ {m['rabbitmq']}, " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()),
+        f"- load average at start: {m.get('loadavg_start')}; at end: {m.get('loadavg_end')}",
+        "- shared with other work (PostgreSQL and RabbitMQ serve other users too; their CPU rows include that)",
+        "",
+        "## How it is measured",
+        "",
+        *METHOD,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+METHOD = [
+    "- Every process is started from the `Procfile` command (bench database, vhost and ports), in its own",
+    "  process group, and stopped at the end (SIGTERM, then SIGKILL) even on failure or Ctrl-C.",
+    "- **Sustained orders/s**: a closed-loop window (wrk, 16 connections) gives a first estimate: orders",
+    "  answered 2xx minus the largest growth of any subscriber queue, per second. Under closed-loop",
+    "  saturation the web takes CPU the subscribers need, so paced probes then raise it in x1.25 steps",
+    "  while a window is served in full and on time and no queue grows by more than half a second of",
+    "  events; the highest such rate is the sustained rate (floor and marketplace alike).",
+    "- **At 60%**: an open-loop paced window at 60% of that; latency commit → all three effects is",
+    "  `max(ProcessedEvent.processed_at) - OutboxEvent.created_at` per event (no-op floor: task done time",
+    "  minus on-commit time); the backlog must not grow.",
+    "- **API alone**: subscribers stopped, relay running; the outbox + publish cost compares it with the same",
+    "  API whose `enqueue_event` is switched off (`bench/floor/wsgi_no_outbox.py`). The thin view, the API and",
+    "  the API without outbox run in alternation, three windows each, and each keeps its median window.",
+    "- **Baseline**: `bench/floor/views.py:BaselineOrderApi`, the downstream stub (`bench/stub.py`) sleeps",
+    "  50 ms per call; for the failure case the stub fails every seller call and every seller's webhook URL",
+    "  points at it (the event-driven seller subscriber retries and dead-letters; orders are unaffected).",
+    "- **Drain**: N events published to the fanout with the workers stopped, then each worker started alone;",
+    "  rate from its first to its last committed effect, against N no-op Celery tasks on a quorum queue.",
+    "- **CPU ms per order**: utime+stime (+ reaped children's) from /proc of each process and its children",
+    "  over the closed-loop window, divided by its orders. **RSS** summed over each process and its children.",
+    "- **Noise**: one 20 s window per figure, on 2 cores shared with other work, with the paced load",
+    "  generator (Python threads) on the same cores: expect +-20% on a single ratio between runs. Compare",
+    "  figures of the same run; the CPU per order is steadier than throughput.",
+]
+
+
+def bounds(results: dict) -> list[str]:
+    out = []
+    cpu = _get(results, "full_stack", "cpu_ms_per_order") or {}
+    own = {k: v for k, v in cpu.items() if "shared" not in k and v > 0}
+    if own:
+        total = sum(own.values())
+        top = sorted(own.items(), key=lambda kv: -kv[1])[:4]
+        out.append(
+            f"- **CPU per order.** The full stack spends {total:.1f} ms of CPU per order in its own processes "
+            f"(floor: {sum(v for k, v in (_get(results, 'floor', 'cpu_ms_per_order') or {}).items() if 'shared' not in k):.1f} ms); "
+            + ", ".join(f"{k} {v:.1f} ms" for k, v in top)
+            + f". On {results['machine']['cpus']} cores that caps the whole system near "
+            f"{1000 * results['machine']['cpus'] / total:.0f} orders/s before RabbitMQ and PostgreSQL take their share."
+        )
+    failed_probe = next((p for p in _get(results, "full_stack", "probes") or [] if not p["kept_up"]), None)
+    if failed_probe:
+        out.append(
+            f"- **Sustained rate.** At {failed_probe['offered_rps']}/s offered the stack no longer kept up "
+            f"(answered {failed_probe['ok_rps']}/s, API p50 {failed_probe['p50_ms']} ms, queue growth "
+            f"{failed_probe['backlog_growth']})."
+        )
+    growth = _get(results, "full_stack", "backlog_growth") or {}
+    if growth and max(growth.values()) > 0:
+        worst = max(growth, key=growth.get)
+        out.append(
+            f"- **Who falls behind under saturation**: `{worst}` grew by {growth[worst]} messages in the window "
+            f"(all queues: {growth})."
+        )
+    api_cpu = (_get(results, "api_alone", "cpu_ms_per_order") or {}).get("web")
+    thin_cpu = (_get(results, "thin", "cpu_ms_per_order") or {}).get("floor-web")
+    if api_cpu and thin_cpu:
+        out.append(
+            f"- **API alone**: the web processes spend {api_cpu:.1f} ms CPU per order against {thin_cpu:.1f} ms "
+            "for the thinnest view (auth, idempotency, validation, outbox row, publish, re-reading the order)."
+        )
+    prof = _get(results, "full_stack", "profile") or {}
+    for name, p in prof.items():
+        if p.get("self_by_package"):
+            out.append(
+                f"- **{name}** (py-spy, CPU by package): "
+                + ", ".join(f"{pkg} {pct}%" for pkg, pct in p["self_by_package"][:6])
+                + "; in our code: "
+                + ", ".join(f"`{f}` {pct}%" for f, pct in p.get("inclusive_project", [])[1:4])
+            )
+    return out or ["- (no CPU or profile data in this run)"]
+
+
+def cpu_table(results: dict) -> list[str]:
+    present = [s for s in CPU_SCENARIOS if _get(results, s, "cpu_ms_per_order")]
+    if not present:
+        return []
+    names = sorted({n for s in present for n, v in _get(results, s, "cpu_ms_per_order").items() if v > 0.05})
+    out = [
+        "## CPU ms per order, per process",
+        "",
+        "| process | " + " | ".join(present) + " |",
+        "| --- |" + " ---: |" * len(present),
+    ]
+    for name in names:
+        cells = [_get(results, s, "cpu_ms_per_order").get(name) for s in present]
+        out.append(f"| {name} | " + " | ".join("" if c is None or c < 0.05 else f"{c:.2f}" for c in cells) + " |")
+    return [*out, ""]
+
+
+def memory_table(results: dict) -> list[str]:
+    rss = {**(_get(results, "floor", "rss_mib") or {}), **(_get(results, "full_stack", "rss_mib") or {})}
+    if not rss:
+        return []
+    out = ["## Memory (RSS, MiB, process and its children, under load)", "", "| process | RSS MiB |", "| --- | ---: |"]
+    out += [f"| {k} | {v:.0f} |" for k, v in sorted(rss.items())]
+    return [*out, ""]
+
+
+def scenario_table(results: dict) -> list[str]:
+    out = [
+        "## Every window of this run",
+        "",
+        "| scenario | window | offered/s | ok/s | failed | p50 ms | p99 ms |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, s in results.get("scenarios", {}).items():
+        for label, w in (
+            ("closed loop", s),
+            ("paced 60%", s.get("at_60")),
+            ("seller failing", s.get("seller_failing")),
+        ):
+            if isinstance(w, dict) and "ok_rps" in w:
+                out.append(
+                    f"| {name} | {label} | {w.get('offered_rps', '')} | {w['ok_rps']} | {w['failed']} | "
+                    f"{w['p50_ms']} | {w['p99_ms']} |"
+                )
+    return [*out, ""]
+
+
+def profile_section(results: dict) -> list[str]:
+    prof = _get(results, "full_stack", "profile")
+    if not prof:
+        return ["## Profile", "", "py-spy was not available or not run.", ""]
+    out = ["## Profile (py-spy, full stack under closed-loop load)", ""]
+    for name, p in prof.items():
+        if "self" not in p:
+            out.append(f"- {name}: {p.get('error')}")
+            continue
+        out += [f"**{name}** ({p['samples']} samples): CPU by package (self time)", ""]
+        out += [", ".join(f"{pkg} {pct}%" for pkg, pct in p.get("self_by_package", [])), "", "top self time:", ""]
+        out += [f"- {pct}% `{f}`" for f, pct in p["self"]]
+        out += (
+            ["", "project functions, inclusive:", ""] + [f"- {pct}% `{f}`" for f, pct in p["inclusive_project"]] + [""]
+        )
+    return out

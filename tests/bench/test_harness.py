@@ -1,0 +1,65 @@
+"""The benchmark harness runs: a tiny load through the floor, the API-alone trio and the full stack.
+
+Benchmarks are not timed tests: this checks the harness's structure (processes start and stop, the
+result has its keys, the report renders), never a speed. It runs on a database and a vhost of its
+own, named for this run and dropped at the end, and on free loopback ports.
+"""
+
+import socket
+import uuid
+
+import pytest
+
+from bench import report
+from bench.config import TINY, Target
+from bench.run import run
+from marketplace.events import topology
+
+pytestmark = [pytest.mark.broker, pytest.mark.workers]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def target(tmp_path):
+    suffix = uuid.uuid4().hex[:10]
+    return Target(
+        db_name=f"mp_bench_harness_{suffix}",
+        vhost=f"marketplace-bench-test-{suffix}",
+        web_port=free_port(),
+        floor_port=free_port(),
+        variant_port=free_port(),
+        stub_port=free_port(),
+        logdir=tmp_path / "logs",
+        drop_at_end=True,
+    )
+
+
+def test_harness_runs_on_a_tiny_load(target, tmp_path):
+    results = run(target, TINY, only=["floor", "api_alone", "full_stack"], use_wrk=False)
+
+    assert results["errors"] == {}
+    assert set(results["scenarios"]) == {"floor", "thin", "api_alone", "api_no_outbox", "full_stack"}
+    for name in ("floor", "thin", "api_alone", "api_no_outbox", "full_stack"):
+        window = results["scenarios"][name]
+        assert window["tool"] == "python"
+        assert window["ok"] > 0
+        assert {"ok_rps", "p50_ms", "p99_ms", "sustained_ops", "cpu_ms_per_order", "rss_mib"} <= set(window)
+    floor, full = results["scenarios"]["floor"], results["scenarios"]["full_stack"]
+    assert {"at_60", "ramp", "backlog_growth"} <= set(full)
+    assert set(full["backlog_growth"]) == {s.queue_name for s in topology.SUBSCRIBERS}
+    assert {"events", "complete", "p50_ms", "p99_ms"} <= set(full["at_60"]["effects"])
+    assert {"events", "complete", "p99_ms"} <= set(floor["at_60"]["done"])
+    assert {"web", "relay", "recorder", *(s.name for s in topology.SUBSCRIBERS)} <= set(full["cpu_ms_per_order"])
+    assert full["seller_failing"]["failed"] == 0  # the event-driven API never fails an order for a seller
+
+    output = tmp_path / "report.md"
+    report.write(results, output)
+    assert "## Targets" in output.read_text()
+    for port in (target.web_port, target.floor_port, target.stub_port):  # every process was stopped
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0, f"something still listens on {port}"
