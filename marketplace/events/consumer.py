@@ -74,14 +74,14 @@ class EventConsumer(Consumer):
             logger.debug("%s does not handle %s events; skipping %s", subscriber.name, envelope["type"], envelope["id"])
             message.ack()
             return False
-        from marketplace.events.dead_letters import without_x_death
+        from marketplace.events.dead_letters import without_broker_headers
 
         task_id = adopted_task_id(subscriber, str(envelope["id"]))
         task = self.app.amqp.as_task_v2(
             task_id, subscriber.task, args=[envelope], root_id=task_id, ignore_result=True, origin="adopted"
         )
         # Headers the event arrived with (a backfill's, a replay's) stay visible to the task.
-        message.headers = {**without_x_death(message.headers or {}), **task.headers}
+        message.headers = {**without_broker_headers(message.headers or {}), **task.headers}
         message.body = dumps(task.body).encode()
         message.content_type, message.content_encoding = "application/json", "utf-8"
         message._decoded_cache = None

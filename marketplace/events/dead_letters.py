@@ -51,6 +51,8 @@ MAX_MESSAGE_CHARS = 4_000
 MAX_TRACEBACK_CHARS = 32_000
 # What the database keeps of a message body; larger bodies stay whole in the dead-letter queue.
 MAX_STORED_BODY_BYTES = 16 * 1024 * 1024
+# The AMQP properties a republished message keeps (headers, content type and encoding aside).
+KEPT_PROPERTIES = ("message_id", "correlation_id", "type", "app_id", "timestamp")
 REMOVABLE = (FailedEvent.Status.RESOLVED, FailedEvent.Status.ARCHIVED, FailedEvent.Status.REPLAYING)
 
 
@@ -82,25 +84,37 @@ def failure_headers(
 
 def publish_raw(producer: Producer, message, *, subscriber: topology.Subscriber, headers: dict[str, Any]) -> None:
     """Dead-letter a message exactly as received (body bytes and properties), adding ``headers``."""
-    properties = {k: v for k, v in (message.properties or {}).items() if k not in ("application_headers",)}
-    properties.pop("delivery_mode", None)
-    producer.publish(
-        message.body,
-        exchange=topology.DEAD_LETTER_EXCHANGE,
+    republish(
+        producer,
+        message,
+        exchange=topology.DEAD_LETTER_EXCHANGE.name,
         routing_key=subscriber.dead_letter_queue_name,
-        headers={**without_x_death(message.headers or {}), **headers},
+        headers={**without_broker_headers(message.headers or {}), **headers},
+        mandatory=True,
+        retry=True,
+        retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 1, "interval_max": 2},
+    )
+
+
+def republish(producer: Producer, message, *, exchange: str, routing_key: str, headers: dict[str, Any], **options):
+    """Publish a received message again, byte for byte with its properties, under ``headers``."""
+    properties = message.properties or {}
+    producer.publish(
+        body_bytes(message),
+        exchange=exchange,
+        routing_key=routing_key,
+        headers=headers,
         content_type=message.content_type or "application/octet-stream",
         content_encoding=message.content_encoding or "binary",
         serializer=None,
         delivery_mode=2,
-        mandatory=True,
-        retry=True,
-        retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 1, "interval_max": 2},
-        **{k: v for k, v in properties.items() if k in ("message_id", "correlation_id", "type", "app_id", "timestamp")},
+        **{key: properties[key] for key in KEPT_PROPERTIES if key in properties},
+        **options,
     )
 
 
-def without_x_death(headers: dict[str, Any]) -> dict[str, Any]:
+def without_broker_headers(headers: dict[str, Any]) -> dict[str, Any]:
+    """``headers`` without RabbitMQ's own (x-death, x-first-death-*, ...), for a new dead-lettering."""
     return {k: v for k, v in headers.items() if not k.startswith("x-")}
 
 
@@ -169,6 +183,13 @@ def body_digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
+def record_lookup(envelope: Any, body: bytes) -> tuple[uuid.UUID | None, dict[str, Any]]:
+    """The event id of a dead letter, and the fields that find its FailedEvent among a
+    subscriber's: the event id, or for a message without one, the digest of its body."""
+    event_id = event_uuid(envelope)
+    return event_id, {"event_id": event_id} if event_id else {"event_id": None, "body_digest": body_digest(body)}
+
+
 def _broker_failure(headers: dict[str, Any]) -> tuple[str, str, int]:
     """(exception class, message, deliveries) for a message RabbitMQ dead-lettered by itself."""
     reason = headers.get("x-first-death-reason") or "unknown"
@@ -189,7 +210,7 @@ def _broker_failure(headers: dict[str, Any]) -> tuple[str, str, int]:
 def record(*, subscriber: topology.Subscriber, body: bytes, headers: dict[str, Any], content_type: str = "") -> bool:
     """Write (or update) the FailedEvent of one dead letter; False if it was already recorded."""
     envelope = decoded_envelope(body, headers)
-    event_id = event_uuid(envelope)
+    event_id, lookup = record_lookup(envelope, body)
     key = dead_letter_key(body, headers)
     if EXCEPTION_CLASS in headers:
         exception_class = safe_text(headers[EXCEPTION_CLASS], 200)
@@ -216,7 +237,6 @@ def record(*, subscriber: topology.Subscriber, body: bytes, headers: dict[str, A
         "resolved_at": None,
         "in_dead_letter_queue": True,
     }
-    lookup = {"event_id": event_id} if event_id else {"event_id": None, "body_digest": body_digest(body)}
     with transaction.atomic():
         failed = FailedEvent.objects.select_for_update().filter(subscriber=subscriber.name, **lookup).first()
         if failed is not None and failed.dead_letter_key == key:
@@ -322,10 +342,8 @@ def _compaction_pass(channel, subscriber: topology.Subscriber) -> int:
             break
         headers = message.headers or {}
         body = body_bytes(message)
-        envelope = decoded_envelope(body, headers)
-        event_id = event_uuid(envelope)
-        identity = str(event_id) if event_id else body_digest(body)
-        lookup = {"event_id": event_id} if event_id else {"event_id": None, "body_digest": identity}
+        _, lookup = record_lookup(decoded_envelope(body, headers), body)
+        identity = str(lookup.get("body_digest") or lookup["event_id"])
         status = (
             FailedEvent.objects.filter(subscriber=subscriber.name, **lookup).values_list("status", flat=True).first()
         )
@@ -333,17 +351,7 @@ def _compaction_pass(channel, subscriber: topology.Subscriber) -> int:
             message.ack()
             removed += 1
             continue
-        producer.publish(
-            body,
-            exchange="",
-            routing_key=queue.name,
-            headers=headers,
-            content_type=message.content_type or "application/octet-stream",
-            content_encoding=message.content_encoding or "binary",
-            serializer=None,
-            delivery_mode=2,
-            **{k: v for k, v in (message.properties or {}).items() if k in ("message_id", "correlation_id", "type")},
-        )
+        republish(producer, message, exchange="", routing_key=queue.name, headers=headers)
         message.ack()
         if status is not None:
             kept.add(identity)
