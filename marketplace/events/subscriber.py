@@ -105,8 +105,8 @@ class SubscriberTask(Task):
         attempts += 1
         policy = settings.SUBSCRIBER_RETRY[self.subscriber]
         if isinstance(exc, TRANSIENT_ERRORS) and attempts <= policy["max_retries"]:
-            delay = min(policy["retry_backoff"] * 2 ** (attempts - 1), policy["retry_backoff_max"])
-            raise self._retry_in(max(1, delay), exc, headers | {dead_letters.ATTEMPTS: attempts})
+            delay = topology.retry_delay(attempts - 1, **policy)
+            raise self._retry_in(delay, exc, headers | {dead_letters.ATTEMPTS: attempts})
         self._dead_letter(exc, headers | {dead_letters.ATTEMPTS: attempts}, first_failed_at)
         raise exc
 

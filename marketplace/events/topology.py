@@ -150,9 +150,14 @@ def celery_queues() -> tuple[Queue, ...]:
     return tuple(s.queue for s in SUBSCRIBERS)
 
 
-def retry_delays(*, max_retries: int, retry_backoff: int, retry_backoff_max: int, **_) -> tuple[int, ...]:
-    """The distinct waits (seconds) of an exponential policy: backoff * 2**n, capped; never 0."""
-    return tuple(sorted({max(1, min(retry_backoff * 2**attempt, retry_backoff_max)) for attempt in range(max_retries)}))
+def retry_delay(attempt: int, *, retry_backoff: int, retry_backoff_max: int, **_) -> int:
+    """The wait (seconds) before retry ``attempt`` (from 0): backoff * 2**attempt, capped; never 0."""
+    return max(1, min(retry_backoff * 2**attempt, retry_backoff_max))
+
+
+def retry_delays(*, max_retries: int, **policy) -> tuple[int, ...]:
+    """The distinct waits of a policy: one retry queue each."""
+    return tuple(sorted({retry_delay(attempt, **policy) for attempt in range(max_retries)}))
 
 
 class TopologyMismatch(RuntimeError):
