@@ -8,8 +8,6 @@ so a backfill that overlaps what the subscriber already handled, or runs twice, 
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +18,7 @@ from kombu import Connection, Producer
 
 from marketplace.events import topology
 from marketplace.events.models import OutboxEvent
+from marketplace.events.publisher import event_message
 
 # Every backfilled message carries this header (value true), so a subscriber or an operator can tell it apart.
 BACKFILL_HEADER = "marketplace-backfill"
@@ -39,26 +38,6 @@ class BackfillResult:
     published: int
     first_id: int | None = None
     last_id: int | None = None
-
-
-def event_message(envelope: dict) -> tuple[bytes, dict]:
-    """Body and AMQP properties of an event, as BrokerPublisher._publish_once sends them.
-
-    (Kept in step with marketplace/events/publisher.py; tests/events/test_backfill.py compares the two.)
-    """
-    body = json.dumps(envelope, separators=(",", ":")).encode()
-    properties = {
-        "delivery_mode": 2,
-        "content_type": "application/json",
-        "content_encoding": "utf-8",
-        "message_id": envelope["id"],
-        "correlation_id": envelope.get("correlation_id"),
-        "type": envelope["type"],
-        "app_id": envelope.get("source"),
-        "timestamp": int(time.time()),
-        "headers": {"event_type": envelope["type"], "event_version": envelope["version"]},
-    }
-    return body, properties
 
 
 def backfill_events(

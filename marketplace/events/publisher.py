@@ -54,6 +54,24 @@ def connect_once(connection: Connection) -> Connection:
     return connection.ensure_connection(max_retries=max(len(connection.alt), 1) - 1)
 
 
+def event_message(envelope: dict) -> tuple[bytes, dict]:
+    """Body and AMQP properties (headers included) of an event, as every publisher sends it:
+    the on-commit publish, the relay and a backfill."""
+    body = json.dumps(envelope, separators=(",", ":")).encode()
+    properties = {
+        "delivery_mode": 2,
+        "content_type": "application/json",
+        "content_encoding": "utf-8",
+        "message_id": envelope["id"],
+        "correlation_id": envelope.get("correlation_id"),
+        "type": envelope["type"],
+        "app_id": envelope.get("source"),
+        "timestamp": int(time.time()),
+        "headers": {"event_type": envelope["type"], "event_version": envelope["version"]},
+    }
+    return body, properties
+
+
 class BrokerPublisher:
     """One broker connection with a confirming channel; not thread-safe (one per thread)."""
 
@@ -116,22 +134,15 @@ class BrokerPublisher:
         event_id = envelope["id"]
         self._returned.discard(event_id)
         try:
+            body, properties = event_message(envelope)
             producer.publish(
-                json.dumps(envelope, separators=(",", ":")).encode(),
+                body,
                 routing_key="",
                 mandatory=True,
-                delivery_mode=2,
-                content_type="application/json",
-                content_encoding="utf-8",
                 serializer=None,
-                message_id=event_id,
-                correlation_id=envelope.get("correlation_id"),
-                type=envelope["type"],
-                app_id=envelope.get("source"),
-                timestamp=int(time.time()),
-                headers={"event_type": envelope["type"], "event_version": envelope["version"]},
                 timeout=self.timeout,
                 confirm_timeout=self.timeout,
+                **properties,
             )
         except Exception:
             self.close()
