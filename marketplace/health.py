@@ -56,7 +56,7 @@ def _cached_topology_problems(broker: Connection) -> list[Problem]:
     problems = topology_problems(
         broker,
         settings.RABBITMQ_MANAGEMENT_URL,
-        retry_delays=getattr(settings, "SUBSCRIBER_RETRY_DELAYS", None),
+        retry_delays=settings.SUBSCRIBER_RETRY_DELAYS,
         timeout=settings.EVENTS_PUBLISH_TIMEOUT,
     )
     _topology_cache[settings.BROKER_URL] = (now, problems)

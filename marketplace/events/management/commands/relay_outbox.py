@@ -35,7 +35,7 @@ class Command(BaseCommand):
             broker_url=settings.BROKER_URL,
             management_url=settings.RABBITMQ_MANAGEMENT_URL,
             interval=settings.TOPOLOGY_CHECK_SECONDS,
-            retry_delays=getattr(settings, "SUBSCRIBER_RETRY_DELAYS", None),
+            retry_delays=settings.SUBSCRIBER_RETRY_DELAYS,
         )
         published = failed = 0
         try:

@@ -32,7 +32,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, check: bool, migrate: bool, **options):
-        retry_delays = getattr(settings, "SUBSCRIBER_RETRY_DELAYS", None)
+        retry_delays = settings.SUBSCRIBER_RETRY_DELAYS
         with Connection(settings.BROKER_URL) as connection:
             if check:
                 self._check(connection, retry_delays)
