@@ -70,44 +70,54 @@ def order_place(
                     )
                 return PlacedOrder(order=previous.order, replayed=True)
 
-        products = {
-            product.pk: product
-            for product in Product.objects.select_for_update()
-            .filter(pk__in=sorted({line.product_id for line in lines}))
-            .order_by("pk")
-        }
-        _check_products(lines, products)
-        _check_stock(lines, products)
-
-        order = Order(buyer=buyer, currency=settings.MARKETPLACE_CURRENCY)
-        order_lines = []
-        for line in lines:
-            product = products[line.product_id]
-            product.stock -= line.quantity
-            order_lines.append(
-                OrderLine(
-                    order=order,
-                    product=product,
-                    seller_id=product.seller_id,
-                    sku=product.sku,
-                    name=product.name,
-                    quantity=line.quantity,
-                    unit_price=product.price,
-                    line_total=(product.price * line.quantity).quantize(CENT),
-                )
-            )
-        order.total = sum((line.line_total for line in order_lines), Decimal("0.00"))
-        order.save()
-        Product.objects.bulk_update(products.values(), ["stock"])
-        OrderLine.objects.bulk_create(order_lines)
-        _prefetched(order, "lines", order_lines)
-
+        order = order_create(buyer=buyer, lines=lines)
         if idempotency_key is not None:
             IdempotencyKey.objects.create(
                 buyer=buyer, key=idempotency_key, request_fingerprint=fingerprint, order=order
             )
         enqueue_event(order_placed_envelope(order=order, correlation_id=correlation_id))
     return PlacedOrder(order=order)
+
+
+def order_create(*, buyer: AbstractBaseUser, lines: list[LineRequest]) -> Order:
+    """Within the caller's transaction: lock the lines' products in id order, check them and their
+    stock, take the stock, and write the order (with its total) and its lines.
+
+    Raises InvalidInput for an unknown or inactive product and InsufficientStock for a shortage.
+    """
+    assert transaction.get_connection().in_atomic_block, "order_create must run inside a transaction"
+    products = {
+        product.pk: product
+        for product in Product.objects.select_for_update()
+        .filter(pk__in=sorted({line.product_id for line in lines}))
+        .order_by("pk")
+    }
+    _check_products(lines, products)
+    _check_stock(lines, products)
+
+    order = Order(buyer=buyer, currency=settings.MARKETPLACE_CURRENCY)
+    order_lines = []
+    for line in lines:
+        product = products[line.product_id]
+        product.stock -= line.quantity
+        order_lines.append(
+            OrderLine(
+                order=order,
+                product=product,
+                seller_id=product.seller_id,
+                sku=product.sku,
+                name=product.name,
+                quantity=line.quantity,
+                unit_price=product.price,
+                line_total=(product.price * line.quantity).quantize(CENT),
+            )
+        )
+    order.total = sum((line.line_total for line in order_lines), Decimal("0.00"))
+    order.save()
+    Product.objects.bulk_update(products.values(), ["stock"])
+    OrderLine.objects.bulk_create(order_lines)
+    _prefetched(order, "lines", order_lines)
+    return order
 
 
 def _prefetched(instance, relation: str, rows: list) -> None:

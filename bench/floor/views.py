@@ -1,8 +1,8 @@
 """The floors and the baseline: the thinnest DRF POST views doing the same order transaction.
 
-- ThinOrderApi: lock the products in id order, check and take the stock, insert the order and its
-  lines, set the total. No auth, no idempotency, no outbox, no publish. The buyer is the X-Buyer
-  header.
+- ThinOrderApi: the order transaction of the real API, orders.services.order_create (lock the
+  products in id order, check and take the stock, insert the order and its lines). No auth, no
+  idempotency, no outbox, no publish. The buyer is the X-Buyer header.
 - FloorOrderApi: the same, then on commit a publisher-confirmed publish of a small JSON event (as
   a Celery task message for the no-op subscribers) to the floor's own fanout exchange.
 - BaselineOrderApi: the same transaction, then the three downstreams called inline, one after the
@@ -16,9 +16,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from decimal import Decimal
 
 import httpx
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from kombu import Connection, Producer
 from rest_framework import serializers, status
@@ -29,7 +29,9 @@ from rest_framework.views import APIView
 from bench.broker import floor_exchange
 from bench.config import FLOOR_TASK
 from marketplace.events import topology
-from orders.models import Order, OrderLine, Product
+from marketplace.exceptions import InvalidInput
+from orders import services
+from orders.models import Order
 
 _local = threading.local()
 
@@ -44,35 +46,15 @@ class OrderIn(serializers.Serializer):
 
 
 def place(*, buyer_id: int, lines: list[dict], on_commit: Callable[[Order], None] | None = None) -> Order | None:
-    """The order SQL of orders.services.order_place without idempotency or outbox; None if short."""
-    with transaction.atomic():
-        ids = sorted({line["product"] for line in lines})
-        products = {p.pk: p for p in Product.objects.select_for_update().filter(pk__in=ids).order_by("pk")}
-        if len(products) != len(ids) or any(products[ln["product"]].stock < ln["quantity"] for ln in lines):
-            return None
-        order = Order.objects.create(buyer_id=buyer_id, currency="EUR")
-        order_lines = []
-        for line in lines:
-            product = products[line["product"]]
-            product.stock -= line["quantity"]
-            order_lines.append(
-                OrderLine(
-                    order=order,
-                    product=product,
-                    seller_id=product.seller_id,
-                    sku=product.sku,
-                    name=product.name,
-                    quantity=line["quantity"],
-                    unit_price=product.price,
-                    line_total=product.price * line["quantity"],
-                )
-            )
-        Product.objects.bulk_update(products.values(), ["stock"])
-        OrderLine.objects.bulk_create(order_lines)
-        order.total = sum((ln.line_total for ln in order_lines), Decimal("0.00"))
-        order.save(update_fields=["total"])
-        if on_commit is not None:
-            transaction.on_commit(lambda: on_commit(order), robust=True)
+    """orders.services.order_place without idempotency or outbox (its order_create); None if refused."""
+    requested = [services.LineRequest(product_id=line["product"], quantity=line["quantity"]) for line in lines]
+    try:
+        with transaction.atomic():
+            order = services.order_create(buyer=get_user_model()(pk=buyer_id), lines=requested)
+            if on_commit is not None:
+                transaction.on_commit(lambda: on_commit(order), robust=True)
+    except (services.InsufficientStock, InvalidInput):
+        return None
     return order
 
 
