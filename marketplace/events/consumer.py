@@ -196,14 +196,12 @@ def recover_lost_queue(app, subscriber: topology.Subscriber) -> None:
 
 
 def _wait_for_queue(app, subscriber: topology.Subscriber, timeout: float = 120.0) -> None:
+    from marketplace.events.topology_check import exists
+
     deadline = time.monotonic() + timeout
     with app.connection_for_write() as connection:
-        while True:
-            try:
-                connection.channel().queue_declare(subscriber.queue_name, passive=True)
-                time.sleep(1)  # the worker binds it right after declaring it
-                return
-            except connection.channel_errors:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        while not exists(connection, lambda channel: channel.queue_declare(subscriber.queue_name, passive=True)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{subscriber.queue_name} did not come back within {timeout:.0f}s")
+            time.sleep(0.5)
+    time.sleep(1)  # the worker binds it right after declaring it

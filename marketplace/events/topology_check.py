@@ -85,7 +85,7 @@ def _quote(name: str) -> str:
     return quote(name, safe="")
 
 
-def _exists(connection: Connection, declare_passively: Callable[[Any], Any]) -> bool:
+def exists(connection: Connection, declare_passively: Callable[[Any], Any]) -> bool:
     """Passive declare on a fresh channel: True if the entity exists, False on NOT_FOUND."""
     channel = connection.channel()
     try:
@@ -118,14 +118,14 @@ def topology_problems(
     exchanges = (topology.EVENTS_EXCHANGE, topology.DEAD_LETTER_EXCHANGE)
     missing_exchanges = set()
     for exchange in exchanges:
-        if not _exists(connection, lambda ch, e=exchange: ch.exchange_declare(e.name, e.type, passive=True)):
+        if not exists(connection, lambda ch, e=exchange: ch.exchange_declare(e.name, e.type, passive=True)):
             missing_exchanges.add(exchange.name)
             problems.append(Problem(f"exchange {exchange.name} is missing"))
 
     expected = topology.all_queues(retry_delays)
     present = []
     for queue in expected:
-        if _exists(connection, lambda ch, q=queue: ch.queue_declare(q.name, passive=True)):
+        if exists(connection, lambda ch, q=queue: ch.queue_declare(q.name, passive=True)):
             present.append(queue)
             continue
         subscriber = topology.subscriber_for_queue(queue.name)
