@@ -14,6 +14,12 @@ def test_a_deleted_queue_comes_back_bound_and_the_events_it_missed_are_backfille
     workers, faults, shop, place_order, broker
 ):
     subscriber = topology.subscriber_named("customer_segmentation")
+    # A worker that has been consuming a while, not one whose consume is still being set up.
+    _, first = place_order(shop.buyer, (shop.product, 1))
+    eventually(
+        lambda: ProcessedEvent.objects.filter(subscriber=subscriber.name, event_id=first["id"]).exists(),
+        message="the worker to consume its queue",
+    )
     broker.default_channel.queue_delete(subscriber.queue_name)
     # Published at once, while the queue is gone: the fanout delivers it to the other queues only.
     _, missed = place_order(shop.buyer, (shop.product, 1))
