@@ -166,10 +166,11 @@ CELERY_TASK_IGNORE_RESULT = True
 # A message is acknowledged only once its handler finished. A task that gives up has already
 # published its message, with the failure in its headers, to the dead-letter exchange (see
 # marketplace/events/subscriber.py), so Celery acknowledges the original; a worker that dies
-# mid-task returns its message to the queue, whose delivery limit ends a crash loop.
+# mid-task returns its message to the queue, whose delivery limit ends a crash loop. A task killed
+# by a time limit never reached that dead-lettering: it goes back to its queue the same way.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_ACKS_ON_FAILURE = True
-CELERY_TASK_ACKS_ON_TIMEOUT = True
+CELERY_TASK_ACKS_ON_TIMEOUT = False
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_CONSUMER = "marketplace.events.consumer:EventConsumer"

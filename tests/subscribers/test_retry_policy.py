@@ -31,4 +31,5 @@ def test_a_retry_queue_expires_back_into_its_own_subscriber_queue_only():
 def test_giving_up_dead_letters_first_so_celery_acknowledges_the_original():
     assert app.conf.task_acks_late is True
     assert app.conf.task_acks_on_failure is True
+    assert app.conf.task_acks_on_timeout is False  # a task killed by a time limit is not acknowledged
     assert app.conf.task_reject_on_worker_lost is True
