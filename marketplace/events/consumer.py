@@ -33,11 +33,19 @@ from marketplace.events import topology
 logger = logging.getLogger(__name__)
 
 ADOPTION_NAMESPACE = uuid.UUID("8a4c2f8e-5b1d-4f57-9a43-6c1f0f7d2b11")
+ARGSREPR_BYTES = 1024  # Celery's own default argsrepr size
 
 
 def adopted_task_id(subscriber: topology.Subscriber, event_id: str) -> str:
     """Deterministic, so a redelivered event shows as the same task in Flower."""
     return str(uuid.uuid5(ADOPTION_NAMESPACE, f"{subscriber.name}:{event_id}"))
+
+
+def _utf8_json(message, envelope: dict) -> bytes:
+    """The event as UTF-8 JSON text: the delivered bytes themselves when they are that already."""
+    if isinstance(message.body, bytes) and (message.content_encoding or "utf-8").lower() in ("utf-8", "utf8"):
+        return message.body
+    return dumps(envelope).encode()
 
 
 class NotAnEvent(ValueError):
@@ -77,12 +85,23 @@ class EventConsumer(Consumer):
         from marketplace.events.dead_letters import without_broker_headers
 
         task_id = adopted_task_id(subscriber, str(envelope["id"]))
+        envelope_json = _utf8_json(message, envelope)
         task = self.app.amqp.as_task_v2(
-            task_id, subscriber.task, args=[envelope], root_id=task_id, ignore_result=True, origin="adopted"
+            task_id,
+            subscriber.task,
+            args=[envelope],
+            root_id=task_id,
+            ignore_result=True,
+            origin="adopted",
+            # What Flower shows as the arguments; Celery's saferepr of the envelope costs more than the task.
+            argsrepr=f"[{envelope_json[:ARGSREPR_BYTES].decode(errors='replace')}]",
+            kwargsrepr="{}",
         )
         # Headers the event arrived with (a backfill's, a replay's) stay visible to the task.
         message.headers = {**without_broker_headers(message.headers or {}), **task.headers}
-        message.body = dumps(task.body).encode()
+        # A task body is [args, kwargs, embed]: the event's own JSON is spliced in, not encoded again.
+        _, kwargs, embed = task.body
+        message.body = b"[[" + envelope_json + b"]," + dumps(kwargs).encode() + b"," + dumps(embed).encode() + b"]"
         message.content_type, message.content_encoding = "application/json", "utf-8"
         message._decoded_cache = None
         return True
