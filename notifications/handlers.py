@@ -88,7 +88,8 @@ def notify_sellers(*, envelope: dict[str, Any]) -> int:
         raise UnknownSeller(f"event {envelope['id']} names unknown seller(s) {missing}")
 
     notified = 0
-    for seller_id, lines in sorted(lines_by_seller.items()):
+    by_seller = sorted(lines_by_seller.items())
+    for seller_id, lines in by_seller:
         seller = sellers[seller_id]
         with transaction.atomic():
             notification = Notification(
@@ -99,15 +100,15 @@ def notify_sellers(*, envelope: dict[str, Any]) -> int:
                 recipient=seller.webhook_url or seller.email,
                 order_id=order["order_id"],
             )
-            if not insert_once(notification):
-                continue
-            if seller.webhook_url:
-                _post_webhook(seller, envelope, lines)
-            else:
-                _email_seller(seller, envelope, lines)
-        notified += 1
-    with transaction.atomic():
-        claim_event(subscriber=SELLER_NOTIFICATION, event_id=envelope["id"])
+            if insert_once(notification):
+                if seller.webhook_url:
+                    _post_webhook(seller, envelope, lines)
+                else:
+                    _email_seller(seller, envelope, lines)
+                notified += 1
+            if seller_id == by_seller[-1][0]:
+                # The event is done once its last seller is: no transaction of its own for the marker.
+                claim_event(subscriber=SELLER_NOTIFICATION, event_id=envelope["id"])
     logger.info("order %s: notified %d of %d seller(s)", order["order_id"], notified, len(lines_by_seller))
     return notified
 
