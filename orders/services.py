@@ -61,14 +61,19 @@ def order_place(
     with transaction.atomic():
         if idempotency_key is not None:
             _lock_idempotency_key(buyer_id=buyer.pk, key=idempotency_key)
-            previous = IdempotencyKey.objects.filter(buyer=buyer, key=idempotency_key).select_related("order").first()
+            previous = (
+                IdempotencyKey.objects.filter(buyer=buyer, key=idempotency_key)
+                .values_list("request_fingerprint", "order_id")
+                .first()
+            )
             if previous is not None:
-                if previous.request_fingerprint != fingerprint:
+                previous_fingerprint, previous_order_id = previous
+                if previous_fingerprint != fingerprint:
                     raise IdempotencyKeyReused(
                         "This Idempotency-Key was used with a different request body.",
-                        order=previous.order_id,
+                        order=previous_order_id,
                     )
-                return PlacedOrder(order=previous.order, replayed=True)
+                return PlacedOrder(order=Order.objects.get(pk=previous_order_id), replayed=True)
 
         order = order_create(buyer=buyer, lines=lines)
         if idempotency_key is not None:
@@ -114,10 +119,23 @@ def order_create(*, buyer: AbstractBaseUser, lines: list[LineRequest]) -> Order:
         )
     order.total = sum((line.line_total for line in order_lines), Decimal("0.00"))
     order.save()
-    Product.objects.bulk_update(products.values(), ["stock"])
+    _save_stock(products.values())
     OrderLine.objects.bulk_create(order_lines)
     _prefetched(order, "lines", order_lines)
     return order
+
+
+def _save_stock(products) -> None:
+    """One UPDATE for every line's product (bulk_update's CASE expression costs more CPU to build
+    than the rest of the transaction's statements together)."""
+    products = list(products)
+    table, stock = Product._meta.db_table, Product._meta.get_field("stock").column
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET {stock} = v.stock FROM (VALUES {', '.join(['(%s, %s)'] * len(products))}) "
+            f"AS v(id, stock) WHERE {table}.id = v.id::bigint",
+            [value for product in products for value in (product.pk, product.stock)],
+        )
 
 
 def _prefetched(instance, relation: str, rows: list) -> None:
