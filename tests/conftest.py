@@ -95,10 +95,12 @@ def _point_everything_at_the_test_broker(broker_url, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _fresh_publisher():
-    """Each test starts with no cached broker connection and no publish cooldown."""
+    """Each test starts with no cached broker connection and no publish cooldown, and ends with
+    its on-commit publishes done (their thread gone, with its database connection)."""
     publisher._local.publisher = None
-    publisher._cooldown_until = 0.0
+    publisher.on_commit_publisher.stop()
     yield
+    publisher.on_commit_publisher.stop()
     if getattr(publisher._local, "publisher", None) is not None:
         publisher._local.publisher.close()
         publisher._local.publisher = None

@@ -7,8 +7,12 @@ A row counts as published only once the broker confirmed it and did not return i
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import logging
+import os
+import queue
 import threading
 import time
 from collections import defaultdict
@@ -81,6 +85,7 @@ class BrokerPublisher:
         self._connection: Connection | None = None
         self._producer: Producer | None = None
         self._returned: set[str] = set()
+        self._blocked = False
 
     def _ensure_producer(self) -> Producer:
         if self._producer is None:
@@ -101,6 +106,10 @@ class BrokerPublisher:
             except Exception:
                 connection.release()
                 raise
+            # RabbitMQ announces a memory or disk alarm with connection.blocked (and the end of it
+            # with connection.unblocked); both arrive while this connection reads frames.
+            connection.connection.on_blocked = self._on_blocked
+            connection.connection.on_unblocked = self._on_unblocked
             self._connection = connection
             self._producer = Producer(
                 connection.default_channel,
@@ -108,6 +117,22 @@ class BrokerPublisher:
                 on_return=self._on_return,
             )
         return self._producer
+
+    def _on_blocked(self, reason: str) -> None:
+        logger.warning("RabbitMQ blocks publishing (%s); events wait in the outbox until it unblocks", reason)
+        self._blocked = True
+
+    def _on_unblocked(self) -> None:
+        logger.warning("RabbitMQ unblocked publishing")
+        self._blocked = False
+
+    def is_blocked(self) -> bool:
+        """Whether RabbitMQ said it blocks this connection's publishes (frames read so far)."""
+        if self._blocked and self._connection is not None:
+            # Nothing to read raises socket.timeout; a broken connection fails the next publish anyway.
+            with contextlib.suppress(Exception):
+                self._connection.drain_events(timeout=0)
+        return self._blocked
 
     def _on_return(self, exception, exchange, routing_key, message):
         self._returned.add(message.properties.get("message_id"))
@@ -157,10 +182,10 @@ class BrokerPublisher:
             except Exception:  # the connection is already broken; nothing left to release
                 logger.debug("error while closing a broken broker connection", exc_info=True)
         self._connection = self._producer = None
+        self._blocked = False
 
 
 _local = threading.local()
-_cooldown_until = 0.0
 
 
 def thread_publisher() -> BrokerPublisher:
@@ -237,24 +262,109 @@ def record_results(results: list[PublishResult]) -> None:
         )
 
 
-def publish_after_commit(outbox_id: int, envelope: dict) -> None:
-    """Fast path, run by ``transaction.on_commit``: never raises, bounded by the publish timeout.
+class OnCommitPublisher:
+    """This process's fast path: a thread that publishes committed outbox rows, in batches.
 
-    After a failure the broker is skipped for EVENTS_PUBLISH_COOLDOWN seconds, so that while
-    RabbitMQ is down each order costs no broker wait at all; the relay publishes those rows.
+    The transaction that wrote a row hands it over on commit and returns at once, so no request
+    waits for the broker, however slow or blocked it is. The thread publishes each row with a
+    confirm and marks the whole batch published in one UPDATE. After a broker failure, or while
+    RabbitMQ blocks publishers (a memory or disk alarm), it skips the broker for
+    EVENTS_PUBLISH_COOLDOWN seconds and releases its rows to the relay. Rows it never reached
+    (the process died) stay claimed until OUTBOX_CLAIM_SECONDS, then the relay publishes them.
     """
-    global _cooldown_until
-    if time.monotonic() < _cooldown_until:
-        OutboxEvent.objects.filter(id=outbox_id, published_at__isnull=True).update(claimed_until=None)
-        return
-    try:
-        [result] = publish_rows([(outbox_id, envelope)], thread_publisher())
-    except Exception:  # recording the outcome failed; the relay still owns the row once the claim lapses
-        logger.exception("outbox %s: could not record the publish outcome", outbox_id)
-        return
-    if not result.ok:
-        _cooldown_until = time.monotonic() + settings.EVENTS_PUBLISH_COOLDOWN
-        OutboxEvent.objects.filter(id=outbox_id, published_at__isnull=True).update(claimed_until=None)
+
+    IDLE_SECONDS = 5.0  # an idle thread gives its database connection back after this long
+
+    def __init__(self, batch_size: int = 100):
+        self.batch_size = batch_size
+        self._lock = threading.Condition()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._rows: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._submitted = self._handled = 0
+        self.cooldown_until = 0.0
+
+    def submit(self, outbox_id: int, envelope: dict) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's thread did not come along
+                self._reset()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="on-commit-publisher", daemon=True)
+                self._thread.start()
+            self._submitted += 1
+        self._rows.put((outbox_id, envelope))
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every row submitted so far has been published or released; False on timeout."""
+        with self._lock:
+            target = self._submitted
+            return self._lock.wait_for(lambda: self._handled >= target, timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Publish what was submitted, then end the thread (tests, and interpreter exit)."""
+        thread = self._thread
+        if thread is not None and thread.is_alive() and self._pid == os.getpid():
+            self._rows.put(None)
+            thread.join(timeout)
+        self._reset()
+
+    def _run(self) -> None:
+        broker = BrokerPublisher()
+        try:
+            while True:
+                try:
+                    first = self._rows.get(timeout=self.IDLE_SECONDS)
+                except queue.Empty:
+                    connection.close()
+                    continue
+                batch = [first]
+                while len(batch) < self.batch_size and batch[-1] is not None:
+                    try:
+                        batch.append(self._rows.get_nowait())
+                    except queue.Empty:
+                        break
+                rows = [row for row in batch if row is not None]
+                try:
+                    self._publish(rows, broker)
+                except Exception:  # e.g. the database is down: the claims lapse and the relay takes over
+                    logger.exception("could not publish or record %d outbox row(s); the relay will", len(rows))
+                finally:
+                    with self._lock:
+                        self._handled += len(rows)
+                        self._lock.notify_all()
+                if batch[-1] is None:
+                    return
+        finally:
+            broker.close()
+            connection.close()
+
+    def _publish(self, rows: list[tuple[int, dict]], broker: BrokerPublisher) -> None:
+        connection.close_if_unusable_or_obsolete()
+        if time.monotonic() < self.cooldown_until or broker.is_blocked():
+            _release([outbox_id for outbox_id, _ in rows])
+            return
+        results = publish_rows(rows, broker)
+        failed = [result.outbox_id for result in results if not result.ok]
+        if failed:
+            self.cooldown_until = time.monotonic() + settings.EVENTS_PUBLISH_COOLDOWN
+            _release(failed)
+
+
+def _release(outbox_ids: list[int]) -> None:
+    """Hand rows to the relay now rather than when their claim lapses."""
+    OutboxEvent.objects.filter(id__in=outbox_ids, published_at__isnull=True).update(claimed_until=None)
+
+
+on_commit_publisher = OnCommitPublisher()
+atexit.register(on_commit_publisher.stop)
+
+
+def publish_after_commit(outbox_id: int, envelope: dict) -> None:
+    """Run by ``transaction.on_commit``: hand the row to this process's publisher thread."""
+    on_commit_publisher.submit(outbox_id, envelope)
 
 
 def claim_batch(limit: int) -> list[tuple[int, dict]]:

@@ -14,6 +14,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from marketplace.events.envelope import SCHEMA_DIR, validate_envelope
 from marketplace.events.models import OutboxEvent
 from marketplace.events.outbox import enqueue_event
+from marketplace.events.publisher import on_commit_publisher
 from orders.models import Order
 from orders.services import InsufficientStock, LineRequest, order_place
 from tests.events.conftest import order_placed_sample
@@ -77,6 +78,7 @@ def test_an_order_placed_through_the_api_reaches_a_new_subscriber_once(transacti
     assert message.headers == {"event_type": "order.placed", "event_version": 1}
     assert message.delivery_info["exchange"] == "marketplace.events"
 
+    assert on_commit_publisher.flush()
     row = OutboxEvent.objects.get(event_id=envelope["id"])
     assert row.published_at is not None
     assert row.attempts == 1
@@ -161,6 +163,7 @@ def test_the_event_waits_for_the_outermost_commit(transactional_db, event_tap):
 
     [message] = event_tap.drain(expected=1)
     assert message.payload["data"]["order_id"] == placed.order.pk
+    assert on_commit_publisher.flush()
     assert OutboxEvent.objects.get().published_at is not None
 
 
