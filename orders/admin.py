@@ -35,9 +35,16 @@ class OrderAdmin(admin.ModelAdmin):
     list_filter = ["status", "created_at"]
     date_hierarchy = "created_at"
     search_fields = ["=id", "buyer__email"]
-    readonly_fields = ["buyer", "total", "currency", "created_at"]
+    # An order changes state only through the API and its events (stock, profile and subscribers
+    # all follow from them); an edit here would change none of that.
+    readonly_fields = ["buyer", "status", "total", "currency", "created_at"]
     list_select_related = ["buyer"]
     inlines = [OrderLineInline]
 
     def has_add_permission(self, request):
         return False  # orders are placed through the API, which takes the stock and publishes the event
+
+    def has_delete_permission(self, request, obj=None):
+        # Deleting would leave the stock taken, the buyer's profile counting it, no event, and its
+        # idempotency key gone (so a retried request would place the order twice).
+        return False

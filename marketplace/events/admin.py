@@ -65,6 +65,9 @@ class OutboxEventAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        return False  # an unpublished row is an event not yet delivered
+
 
 class FailedEventReplayInline(admin.TabularInline):
     model = FailedEventReplay
@@ -149,6 +152,9 @@ class FailedEventAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # the audit trail of a failure stays; Archive stops tracking it
 
     def has_replay_permission(self, request):
         return request.user.has_perm("events.replay_failedevent")

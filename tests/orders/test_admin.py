@@ -68,3 +68,15 @@ def test_the_admin_needs_a_staff_login(client):
 
     assert response.status_code == 302
     assert response["Location"].startswith("/admin/login/")
+
+
+def test_orders_cannot_be_deleted_or_change_status_in_the_admin(admin_client, order):
+    assert admin_client.get(f"/admin/orders/order/{order.pk}/delete/").status_code == 403
+    changelist = admin_client.get("/admin/orders/order/")
+    assert "delete_selected" not in changelist.content.decode()
+
+    admin_client.post(f"/admin/orders/order/{order.pk}/change/", {"status": "cancelled"})
+
+    order.refresh_from_db()
+    assert order.status == Order.Status.PLACED
+    assert Order.objects.filter(pk=order.pk).exists()

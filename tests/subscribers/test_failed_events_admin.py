@@ -119,6 +119,18 @@ def test_archive_action(staff_client, client):
     assert failed.status == FailedEvent.Status.ARCHIVED
 
 
+def test_failed_events_cannot_be_deleted_in_the_admin(client):
+    client.force_login(BuyerFactory(is_staff=True, is_superuser=True))
+    failed = make_failed()
+
+    assert client.get(reverse("admin:events_failedevent_delete", args=[failed.pk])).status_code == 403
+    client.post(
+        reverse("admin:events_failedevent_changelist"), {"action": "delete_selected", "_selected_action": [failed.pk]}
+    )
+
+    assert FailedEvent.objects.filter(pk=failed.pk).exists()
+
+
 def test_replay_command_selects_by_subscriber_id_and_since(empty_queues, capsys):
     old = make_failed(last_failed_at=timezone.now() - timedelta(days=3))
     recent = make_failed()
