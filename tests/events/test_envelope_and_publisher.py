@@ -14,6 +14,8 @@ from tests.events.conftest import order_placed_sample
     ("change", "complaint"),
     [
         (lambda e: e.update(occurred_at="yesterday"), "occurred_at"),
+        (lambda e: e.update(occurred_at="2026-03-14T10:26:53+01:00"), "occurred_at"),
+        (lambda e: e["data"].update(placed_at="2026-03-14T09:26:53+00:00"), "data/placed_at"),
         (lambda e: e["data"].update(placed_at="2026-13-45T99:00:00Z"), "data/placed_at"),
         (lambda e: e["data"].update(total=12.5), "data/total"),
         (lambda e: e.update(version=2), "unknown event"),
@@ -48,7 +50,10 @@ def test_a_stale_cached_connection_is_replaced_without_losing_the_event(broker_u
 
 def _contract_breaking_variants(envelope: dict):
     """The envelope with each field removed or given a wrong value, top level, data and a line."""
-    wrong_values = (None, "", "x", -1, 0, 1.5, True, [], {}, "1.234", "not-a-uuid", "2026-01-01 00:00:00")
+    wrong_values = (
+        None, "", "x", -1, 0, 1.5, True, [], {}, "1.234", "not-a-uuid", "2026-01-01 00:00:00",
+        "2026-01-01T00:00:00+01:00",
+    )  # fmt: skip
     for path in ([], ["data"], ["data", "lines", 0]):
         part = envelope
         for step in path:
