@@ -177,6 +177,9 @@ CELERY_WORKER_CONSUMER = "marketplace.events.consumer:EventConsumer"
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# What a task prints (the console email backend's emails) goes to the terminal as it is, not as
+# WARNING lines of the "celery.redirected" logger.
+CELERY_WORKER_REDIRECT_STDOUTS = False
 
 # Retry policy per subscriber: attempt n (from 0) waits retry_backoff * 2**n seconds, capped at
 # retry_backoff_max, in the subscriber's TTL retry queue for that wait (never unacknowledged in a

@@ -38,6 +38,12 @@ class Command(BaseCommand):
             retry_delays=settings.SUBSCRIBER_RETRY_DELAYS,
         )
         published = failed = 0
+        if not once:
+            logger.info(
+                "relay started: publishing outbox rows the on-commit path could not, every %ss, to %s",
+                settings.OUTBOX_POLL_SECONDS,
+                publisher.broker_address(),
+            )
         try:
             while not self._stopping:
                 topology_watch.check_if_due()
