@@ -95,15 +95,11 @@ def _point_everything_at_the_test_broker(broker_url, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _fresh_publisher():
-    """Each test starts with no cached broker connection and no publish cooldown, and ends with
-    its on-commit publishes done (their thread gone, with its database connection)."""
-    publisher._local.publisher = None
+    """Each test starts with no publisher thread (so no cached broker connection and no cooldown)
+    and ends with its on-commit publishes done and that thread gone, with its database connection."""
     publisher.on_commit_publisher.stop()
     yield
     publisher.on_commit_publisher.stop()
-    if getattr(publisher._local, "publisher", None) is not None:
-        publisher._local.publisher.close()
-        publisher._local.publisher = None
 
 
 @pytest.fixture

@@ -87,6 +87,10 @@ class BrokerPublisher:
         self._returned: set[str] = set()
         self._blocked = False
 
+    def broker_address(self) -> str:
+        """The broker URL(s) without the password, for logs."""
+        return Connection(self.url).as_uri(include_password=False)
+
     def _ensure_producer(self) -> Producer:
         if self._producer is None:
             connection = Connection(
@@ -183,15 +187,6 @@ class BrokerPublisher:
                 logger.debug("error while closing a broken broker connection", exc_info=True)
         self._connection = self._producer = None
         self._blocked = False
-
-
-_local = threading.local()
-
-
-def thread_publisher() -> BrokerPublisher:
-    if getattr(_local, "publisher", None) is None:
-        _local.publisher = BrokerPublisher()
-    return _local.publisher
 
 
 def publish_rows(

@@ -107,12 +107,10 @@ def cluster_broker_url(rabbit_cluster):
 def on_cluster(cluster_broker_url):
     """This process publishes to the cluster for the test (and to the shared broker afterwards)."""
     before = settings.BROKER_URL, celery_app.conf.broker_url
+    publisher.on_commit_publisher.stop()
     settings.BROKER_URL = celery_app.conf.broker_url = cluster_broker_url
-    publisher._local.publisher = None
     yield cluster_broker_url
-    if getattr(publisher._local, "publisher", None) is not None:
-        publisher._local.publisher.close()
-        publisher._local.publisher = None
+    publisher.on_commit_publisher.stop()  # its connection is to the cluster
     settings.BROKER_URL, celery_app.conf.broker_url = before
 
 

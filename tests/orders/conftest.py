@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from marketplace.events import publisher
 from marketplace.events.models import OutboxEvent
 from marketplace.problems import PROBLEM_BASE_URI, PROBLEM_CONTENT_TYPE
 from orders.models import IdempotencyKey, Order, OrderLine, Product
@@ -69,7 +68,7 @@ def run_concurrently(tasks: list[Callable[[], Any]], *, timeout: float = 60) -> 
     """Run each task in its own thread, all released at once by a barrier.
 
     Returns each task's result, or the exception it raised. Every thread has its own database
-    connection (Django's are per thread) and broker publisher, and closes both before it ends.
+    connection (Django's are per thread) and closes it before it ends.
     """
     barrier = threading.Barrier(len(tasks))
     results: list[Any] = [None] * len(tasks)
@@ -81,9 +80,6 @@ def run_concurrently(tasks: list[Callable[[], Any]], *, timeout: float = 60) -> 
         except BaseException as exc:
             results[index] = exc
         finally:
-            if getattr(publisher._local, "publisher", None) is not None:
-                publisher._local.publisher.close()
-                publisher._local.publisher = None
             connection.close()
 
     threads = [threading.Thread(target=run, args=(i, task), daemon=True) for i, task in enumerate(tasks)]
