@@ -5,7 +5,8 @@ from django.db import connection
 from django.http import JsonResponse
 from kombu import Connection
 
-from marketplace.events.publisher import connect_once, outbox_lag_seconds
+from marketplace.events.broker import connect_once
+from marketplace.events.outbox import outbox_lag_seconds
 from marketplace.events.topology_check import Problem, topology_problems
 
 # The topology check costs a few passive declares and management API calls: each process runs it

@@ -25,7 +25,7 @@ from django.db import connection
 from kombu import Connection, Queue
 
 from marketplace.celery import app as celery_app
-from marketplace.events import publisher, topology
+from marketplace.events import outbox, topology
 from tests.support.faults import read_json_lines
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,9 +97,9 @@ def _point_everything_at_the_test_broker(broker_url, tmp_path_factory):
 def _fresh_publisher():
     """Each test starts with no publisher thread (so no cached broker connection and no cooldown)
     and ends with its on-commit publishes done and that thread gone, with its database connection."""
-    publisher.on_commit_publisher.stop()
+    outbox.on_commit_publisher.stop()
     yield
-    publisher.on_commit_publisher.stop()
+    outbox.on_commit_publisher.stop()
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from django.utils import timezone
 from kombu import Connection, Producer
 
 from marketplace.events import topology
+from marketplace.events.broker import event_message
 from marketplace.events.models import OutboxEvent
-from marketplace.events.publisher import event_message
 
 # Every backfilled message carries this header (value true), so a subscriber or an operator can tell it apart.
 BACKFILL_HEADER = "marketplace-backfill"

@@ -29,7 +29,7 @@ from django.utils import timezone
 from kombu import Connection, Queue
 
 from marketplace.events import topology
-from marketplace.events.publisher import connect_once
+from marketplace.events.broker import connect_once
 
 logger = logging.getLogger(__name__)
 

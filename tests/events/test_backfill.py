@@ -14,8 +14,8 @@ from kombu import Connection, Queue
 
 from marketplace.events import topology
 from marketplace.events.backfill import BACKFILL_HEADER
+from marketplace.events.broker import BrokerPublisher
 from marketplace.events.models import OutboxEvent
-from marketplace.events.publisher import BrokerPublisher
 from tests.conftest import queue_depth
 
 pytestmark = [pytest.mark.broker]

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.core.management import call_command
 
 from marketplace.events.models import OutboxEvent
-from marketplace.events.publisher import on_commit_publisher
+from marketplace.events.outbox import on_commit_publisher
 from tests.conftest import broker_stopped
 from tests.factories import BuyerFactory, ProductFactory
 

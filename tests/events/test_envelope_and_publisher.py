@@ -5,8 +5,8 @@ import socket
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 
+from marketplace.events.broker import BrokerPublisher
 from marketplace.events.envelope import InvalidEnvelope, schema_path, validate_envelope
-from marketplace.events.publisher import BrokerPublisher
 from tests.events.conftest import order_placed_sample
 
 

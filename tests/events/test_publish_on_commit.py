@@ -13,8 +13,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from marketplace.events.envelope import SCHEMA_DIR, validate_envelope
 from marketplace.events.models import OutboxEvent
-from marketplace.events.outbox import enqueue_event
-from marketplace.events.publisher import on_commit_publisher
+from marketplace.events.outbox import enqueue_event, on_commit_publisher
 from orders.models import Order
 from orders.services import InsufficientStock, LineRequest, order_place
 from tests.events.conftest import order_placed_sample

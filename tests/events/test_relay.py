@@ -16,8 +16,9 @@ from django.utils import timezone
 from kombu import Connection
 
 from marketplace.events import topology
+from marketplace.events.broker import BrokerPublisher, Unroutable
 from marketplace.events.models import OutboxEvent
-from marketplace.events.publisher import BrokerPublisher, Unroutable, relay_once
+from marketplace.events.outbox import relay_once
 from orders.services import LineRequest, order_place
 from tests.conftest import eventually
 from tests.factories import BuyerFactory, ProductFactory
@@ -211,7 +212,7 @@ def test_an_unroutable_event_is_logged_and_stays_pending(transactional_db, throw
                 broker.default_channel.queue_unbind(subscriber.queue_name, topology.EVENTS_EXCHANGE.name, "")
         [row] = pending_events(1)
 
-        with caplog.at_level(logging.ERROR, logger="marketplace.events.publisher"):
+        with caplog.at_level(logging.ERROR, logger="marketplace.events.outbox"):
             [result] = relay_once(publisher)
         with pytest.raises(Unroutable):
             publisher.publish(row.envelope)

@@ -22,7 +22,7 @@ from django.conf import settings
 from kombu import Connection
 
 from marketplace.celery import app as celery_app
-from marketplace.events import publisher, topology
+from marketplace.events import outbox, topology
 from tests.conftest import ROOT, WorkerProcess, eventually
 
 CLUSTER_SCRIPT = ROOT / "bin" / "rabbitmq-cluster"
@@ -107,10 +107,10 @@ def cluster_broker_url(rabbit_cluster):
 def on_cluster(cluster_broker_url):
     """This process publishes to the cluster for the test (and to the shared broker afterwards)."""
     before = settings.BROKER_URL, celery_app.conf.broker_url
-    publisher.on_commit_publisher.stop()
+    outbox.on_commit_publisher.stop()
     settings.BROKER_URL = celery_app.conf.broker_url = cluster_broker_url
     yield cluster_broker_url
-    publisher.on_commit_publisher.stop()  # its connection is to the cluster
+    outbox.on_commit_publisher.stop()  # its connection is to the cluster
     settings.BROKER_URL, celery_app.conf.broker_url = before
 
 

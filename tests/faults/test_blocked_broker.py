@@ -14,7 +14,7 @@ import pytest
 from django.core.management import call_command
 
 from marketplace.events.models import OutboxEvent
-from marketplace.events.publisher import on_commit_publisher
+from marketplace.events.outbox import on_commit_publisher
 from tests.factories import BuyerFactory, ProductFactory
 from tests.faults.conftest import NODES
 

@@ -28,8 +28,8 @@ from kombu import Connection
 from kombu.exceptions import OperationalError
 
 from marketplace.events import topology
+from marketplace.events.broker import BrokerPublisher, connect_once
 from marketplace.events.models import OutboxEvent
-from marketplace.events.publisher import BrokerPublisher, connect_once
 from notifications.models import Notification
 from segmentation.models import CustomerProfile
 from tests.conftest import eventually

@@ -7,9 +7,9 @@ import pytest
 from kombu import Connection, Producer
 
 from marketplace.events import topology
+from marketplace.events.broker import BrokerPublisher
 from marketplace.events.envelope import InvalidEnvelope
 from marketplace.events.models import FailedEvent, ProcessedEvent
-from marketplace.events.publisher import BrokerPublisher
 from segmentation.models import CustomerProfile
 from tests.conftest import eventually, queue_depth, record_dead_letters, worker_is_idle
 

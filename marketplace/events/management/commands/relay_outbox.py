@@ -7,7 +7,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import DatabaseError, close_old_connections
 
-from marketplace.events.publisher import BrokerPublisher, outbox_lag_seconds, relay_once
+from marketplace.events.broker import BrokerPublisher
+from marketplace.events.outbox import outbox_lag_seconds, relay_once
 from marketplace.events.topology_check import TopologyWatch
 
 logger = logging.getLogger("marketplace.relay")

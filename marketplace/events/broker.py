@@ -1,0 +1,167 @@
+"""The broker client every publisher shares: one connection with a confirming channel.
+
+Used by the on-commit publisher and the relay (marketplace/events/outbox.py), backfills and the
+topology check. A message counts as published only once the broker confirmed it and did not
+return it as unroutable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+
+from django.conf import settings
+from kombu import Connection, Producer
+
+from marketplace.events import topology
+
+logger = logging.getLogger(__name__)
+
+
+class Unroutable(RuntimeError):
+    """The broker returned the message: no queue is bound to the exchange."""
+
+
+def connect_once(connection: Connection) -> Connection:
+    """Connect with one attempt per broker host and no sleep; raise if every host failed.
+
+    BROKER_URL may list several hosts separated by ";" (a cluster): kombu then moves to the next
+    host after each failed attempt and sleeps only once a whole round has failed, so
+    ``max_retries = hosts - 1`` is exactly one round. (``max_retries=0`` would try the first host
+    only, and Connection.connect() retries after sleeping 2 seconds, which would hold every order
+    that long while the broker is down.) Each attempt is bounded by the connection's connect_timeout.
+    """
+    return connection.ensure_connection(max_retries=max(len(connection.alt), 1) - 1)
+
+
+def event_message(envelope: dict) -> tuple[bytes, dict]:
+    """Body and AMQP properties (headers included) of an event, as every publisher sends it:
+    the on-commit publish, the relay and a backfill."""
+    body = json.dumps(envelope, separators=(",", ":")).encode()
+    properties = {
+        "delivery_mode": 2,
+        "content_type": "application/json",
+        "content_encoding": "utf-8",
+        "message_id": envelope["id"],
+        "correlation_id": envelope.get("correlation_id"),
+        "type": envelope["type"],
+        "app_id": envelope.get("source"),
+        "timestamp": int(time.time()),
+        "headers": {"event_type": envelope["type"], "event_version": envelope["version"]},
+    }
+    return body, properties
+
+
+class BrokerPublisher:
+    """One broker connection with a confirming channel; not thread-safe (one per thread)."""
+
+    def __init__(self, url: str | None = None, timeout: float | None = None):
+        self.url = url or settings.BROKER_URL
+        self.timeout = settings.EVENTS_PUBLISH_TIMEOUT if timeout is None else timeout
+        self._connection: Connection | None = None
+        self._producer: Producer | None = None
+        self._returned: set[str] = set()
+        self._blocked = False
+
+    def broker_address(self) -> str:
+        """The broker URL(s) without the password, for logs."""
+        return Connection(self.url).as_uri(include_password=False)
+
+    def _ensure_producer(self) -> Producer:
+        if self._producer is None:
+            connection = Connection(
+                self.url,
+                connect_timeout=self.timeout,
+                # Every socket read and write is bounded too, so no declare or confirm waits forever.
+                transport_options={
+                    "confirm_publish": True,
+                    "read_timeout": self.timeout,
+                    "write_timeout": self.timeout,
+                },
+                heartbeat=0,
+            )
+            connect_once(connection)
+            try:
+                topology.declare(connection, settings.SUBSCRIBER_RETRY_DELAYS)
+            except Exception:
+                connection.release()
+                raise
+            # RabbitMQ announces a memory or disk alarm with connection.blocked (and the end of it
+            # with connection.unblocked); both arrive while this connection reads frames.
+            connection.connection.on_blocked = self._on_blocked
+            connection.connection.on_unblocked = self._on_unblocked
+            self._connection = connection
+            self._producer = Producer(
+                connection.default_channel,
+                exchange=topology.EVENTS_EXCHANGE,
+                on_return=self._on_return,
+            )
+        return self._producer
+
+    def _on_blocked(self, reason: str) -> None:
+        logger.warning("RabbitMQ blocks publishing (%s); events wait in the outbox until it unblocks", reason)
+        self._blocked = True
+
+    def _on_unblocked(self) -> None:
+        logger.warning("RabbitMQ unblocked publishing")
+        self._blocked = False
+
+    def is_blocked(self) -> bool:
+        """Whether RabbitMQ said it blocks this connection's publishes (frames read so far)."""
+        if self._blocked and self._connection is not None:
+            # Nothing to read raises socket.timeout; a broken connection fails the next publish anyway.
+            with contextlib.suppress(Exception):
+                self._connection.drain_events(timeout=0)
+        return self._blocked
+
+    def _on_return(self, exception, exchange, routing_key, message):
+        self._returned.add(message.properties.get("message_id"))
+
+    def publish(self, envelope: dict) -> None:
+        """Publish one envelope and wait for the broker's confirm; raise on any failure.
+
+        A cached connection may have gone stale (the broker restarted since the last publish), so
+        a failure on a reused connection gets one more try on a fresh one.
+        """
+        reused = self._producer is not None
+        try:
+            self._publish_once(envelope)
+        except Unroutable:
+            raise
+        except Exception:
+            if not reused:
+                raise
+            logger.info("broker connection went stale; publishing event %s on a new one", envelope["id"])
+            self._publish_once(envelope)
+
+    def _publish_once(self, envelope: dict) -> None:
+        producer = self._ensure_producer()
+        event_id = envelope["id"]
+        self._returned.discard(event_id)
+        try:
+            body, properties = event_message(envelope)
+            producer.publish(
+                body,
+                routing_key="",
+                mandatory=True,
+                serializer=None,
+                timeout=self.timeout,
+                confirm_timeout=self.timeout,
+                **properties,
+            )
+        except Exception:
+            self.close()
+            raise
+        if event_id in self._returned:
+            raise Unroutable(f"event {event_id} was returned by the broker: no queue is bound")
+
+    def close(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.release()
+            except Exception:  # the connection is already broken; nothing left to release
+                logger.debug("error while closing a broken broker connection", exc_info=True)
+        self._connection = self._producer = None
+        self._blocked = False
