@@ -1,6 +1,9 @@
+from collections.abc import Iterable
+from dataclasses import dataclass
+
 from django.db.models import QuerySet
 
-from orders.models import Order, Product
+from orders.models import Order, Product, Seller
 
 
 def product_list() -> QuerySet[Product]:
@@ -13,3 +16,20 @@ def order_list(*, buyer) -> QuerySet[Order]:
 
 def order_get(*, buyer, order_id: int) -> Order | None:
     return order_list(buyer=buyer).filter(pk=order_id).first()
+
+
+@dataclass(frozen=True)
+class SellerContact:
+    """How to reach a seller: all other apps may know of one (they use this, never the model)."""
+
+    id: int
+    name: str
+    email: str
+    webhook_url: str  # empty: the seller is emailed instead
+    webhook_secret: str  # empty: webhook requests go unsigned
+
+
+def seller_contacts(*, seller_ids: Iterable[int]) -> dict[int, SellerContact]:
+    """The contacts of those of ``seller_ids`` that exist, by seller id."""
+    rows = Seller.objects.filter(pk__in=list(seller_ids)).values("id", "name", "email", "webhook_url", "webhook_secret")
+    return {row["id"]: SellerContact(**row) for row in rows}

@@ -62,8 +62,10 @@ def test_a_failed_send_rolls_back_its_marker_so_a_retry_sends_again(placed, sett
     _, _, envelope = placed
     (faults_dir() / "email.fail").write_text("1")
     try:
-        with pytest.raises(EmailProviderDown):
+        with pytest.raises(notifications.EmailNotSent) as raised:
             notifications.send_order_confirmation(envelope=envelope)
+        assert isinstance(raised.value.__cause__, EmailProviderDown)
+        assert "email backend tests.support.faults.ControlledEmailBackend" in str(raised.value)
         assert not ProcessedEvent.objects.filter(event_id=envelope["id"]).exists()
         assert notifications.send_order_confirmation(envelope=envelope) is True
     finally:
