@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
+from django.core import signals
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
+from django.utils.log import log_response
 from rest_framework import exceptions, serializers
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
@@ -15,6 +20,13 @@ from marketplace.parsers import PayloadTooLarge
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_BASE_URI = "https://marketplace.example/problems/"
+# What a client is told to wait after a 503 when PostgreSQL cannot be reached: long enough for a
+# restart or failover to finish, short enough that a retrying client does not give up on us.
+DATABASE_RETRY_AFTER_SECONDS = 5
+# Django wraps every driver error. These two are the database out of reach (connection refused,
+# reset, closed, timed out) or a transient failure of its own (deadlock, cancelled statement), not a
+# bad query: the same request may succeed later, so they are a 503, not a 500.
+DATABASE_UNAVAILABLE_ERRORS = (OperationalError, InterfaceError)
 
 _DRF_PROBLEMS: list[tuple[type[exceptions.APIException], str, str]] = [
     (exceptions.ValidationError, "validation-error", "Invalid request"),
@@ -94,7 +106,24 @@ def _join(path: str, key: str) -> str:
 
 
 def problem_exception_handler(exc, context):
+    """DRF's exception handler: every error of an API view as a problem details response.
+
+    Unlike DRF's own, it also answers what is not an APIException: the database being unavailable
+    is a 503 with Retry-After, and anything else (a bug) a 500 problem, logged with its traceback as
+    Django logs one. Django would otherwise answer those itself, with its HTML debug page under DEBUG.
+    """
     request = context.get("request")
+    if isinstance(exc, DATABASE_UNAVAILABLE_ERRORS):
+        set_rollback()
+        response = _database_unavailable_response(request, Response)
+        log_response(
+            "Database unavailable: %s: %s",
+            _path(request),
+            _first_line(exc),
+            response=response,
+            request=_django_request(request),
+        )
+        return response
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
@@ -108,7 +137,7 @@ def problem_exception_handler(exc, context):
         return Response(body, status=exc.status, content_type=PROBLEM_CONTENT_TYPE)
 
     if not isinstance(exc, exceptions.APIException):
-        return None  # a bug: let Django log it and answer 500
+        return _internal_error_response(request, exc)
 
     slug, title = next(
         ((slug, title) for cls, slug, title in _DRF_PROBLEMS if isinstance(exc, cls)),
@@ -130,20 +159,76 @@ def problem_exception_handler(exc, context):
     return Response(body, status=exc.status_code, headers=headers, content_type=PROBLEM_CONTENT_TYPE)
 
 
-def not_found_view(request, exception=None):
-    body = problem(request, status=404, slug="not-found", title="Not found", detail="No such resource.")
-    return JsonResponse(body, status=404, content_type=PROBLEM_CONTENT_TYPE)
+def _internal_error_response(request, exc: Exception) -> Response:
+    """A bug in an API view: what Django does for an uncaught exception (got_request_exception, which
+    the test client re-raises, and an error log with the traceback), with a problem body whatever
+    DEBUG says."""
+    django_request = _django_request(request)
+    set_rollback()
+    signals.got_request_exception.send(sender=None, request=django_request)
+    response = Response(_internal_error(request), status=500, content_type=PROBLEM_CONTENT_TYPE)
+    log_response(
+        "%s: %s", "Internal Server Error", _path(request), response=response, request=django_request, exception=exc
+    )
+    return response
 
 
-def server_error_view(request):
-    body = problem(
+def _internal_error(request) -> dict[str, Any]:
+    return problem(
         request,
         status=500,
         slug="internal-error",
         title="Internal server error",
         detail="Something went wrong on our side; it has been logged.",
     )
-    return JsonResponse(body, status=500, content_type=PROBLEM_CONTENT_TYPE)
+
+
+def _database_unavailable_response(request, response_class):
+    # Not "nothing changed": a connection lost during COMMIT leaves the outcome unknown to us too.
+    body = problem(
+        request,
+        status=503,
+        slug="service-unavailable",
+        title="Service unavailable",
+        detail=(
+            "The database cannot be reached right now. Retry after Retry-After seconds; "
+            "retry an order with the same Idempotency-Key, so that it is never placed twice."
+        ),
+    )
+    return response_class(
+        body,
+        status=503,
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        content_type=PROBLEM_CONTENT_TYPE,
+    )
+
+
+def _django_request(request):
+    return request._request if isinstance(request, Request) else request
+
+
+def _path(request) -> str:
+    return request.path if request is not None else ""
+
+
+def _first_line(exc: Exception) -> str:
+    return next(iter(str(exc).splitlines()), type(exc).__name__)
+
+
+def not_found_view(request, exception=None):
+    """handler404, and every /api/ path no route matches (see marketplace.urls): a problem, even under
+    DEBUG, where Django would otherwise answer with its HTML page listing the routes."""
+    body = problem(request, status=404, slug="not-found", title="Not found", detail="No such resource.")
+    return JsonResponse(body, status=404, content_type=PROBLEM_CONTENT_TYPE)
+
+
+def server_error_view(request):
+    """handler500 (Django calls it when DEBUG is off; under DEBUG it shows its debug page instead).
+    API views answer their own errors (problem_exception_handler); this is for everything else."""
+    exc = sys.exc_info()[1]  # Django calls handler500 while handling the exception
+    if isinstance(exc, DATABASE_UNAVAILABLE_ERRORS):
+        return _database_unavailable_response(request, JsonResponse)
+    return JsonResponse(_internal_error(request), status=500, content_type=PROBLEM_CONTENT_TYPE)
 
 
 class IdempotencyKeyReusedProblemSerializer(ProblemSerializer):

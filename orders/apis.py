@@ -1,3 +1,5 @@
+import re
+
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -6,17 +8,23 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
+from marketplace.pagination import StrictPageNumberPagination
 from marketplace.problems import (
+    DATABASE_RETRY_AFTER_SECONDS,
     PROBLEM_CONTENT_TYPE,
     IdempotencyKeyReusedProblemSerializer,
     InsufficientStockProblemSerializer,
     ProblemSerializer,
 )
 from orders import selectors, services
-from orders.filters import ProductFilter
+from orders.filters import MAX_ID, ProductFilter
 from orders.serializers import OrderInputSerializer, OrderOutputSerializer, ProductOutputSerializer
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+# Printable ASCII, no leading or trailing space: HTTP trims those from a header value, so a key
+# " a" would arrive as "a" and " " as an empty key. The schema carries the same pattern.
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~](?:[ -~]*[!-~])?$"
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 # Responses are keyed (status, media type) so that errors are documented as problem+json, as they are
 # served. All keys of one operation are tuples: drf-spectacular takes the response with the smallest
 # str(key) as the main one, so a plain 200 next to (401, ...) would turn the order list into a retrieve.
@@ -28,28 +36,75 @@ def _problem(description: str, serializer=ProblemSerializer) -> OpenApiResponse:
     return OpenApiResponse(response=serializer, description=description)
 
 
+# Every operation reads the database: when PostgreSQL cannot be reached it answers 503 (see
+# marketplace.problems), with Retry-After.
+DATABASE_UNAVAILABLE = {
+    (503, PROBLEM_CONTENT_TYPE): _problem(
+        "The database cannot be reached. Retry after `Retry-After` seconds (an order with the same "
+        "`Idempotency-Key`, so that it is never placed twice)."
+    )
+}
+# A response header: drf-spectacular takes those as parameters with `response` set.
+RETRY_AFTER = OpenApiParameter(
+    "Retry-After",
+    {"type": "integer", "minimum": 1},
+    OpenApiParameter.HEADER,
+    required=True,
+    response=[503],
+    description=f"Seconds to wait before retrying ({DATABASE_RETRY_AFTER_SECONDS}).",
+)
+NOT_AUTHENTICATED = {(401, PROBLEM_CONTENT_TYPE): _problem("Missing or bad token.")}
+PAGE_PROBLEMS = {
+    (400, PROBLEM_CONTENT_TYPE): _problem("Invalid query parameter, e.g. `page` not an integer from 1."),
+    (404, PROBLEM_CONTENT_TYPE): _problem("`page` is past the last page."),
+}
+
+
 class ProductListApi(generics.ListAPIView):
     """Products for sale, oldest first."""
 
     permission_classes = [AllowAny]
     serializer_class = ProductOutputSerializer
     filterset_class = ProductFilter
+    pagination_class = StrictPageNumberPagination
 
     def get_queryset(self):
         return selectors.product_list()
 
+    @extend_schema(
+        summary="List products for sale",
+        description=(
+            "Active products, oldest first, paginated. No token needed; a bad token is still refused. "
+            "A filter parameter that is present must be valid: `seller=abc` or `in_stock=maybe` is a 400."
+        ),
+        parameters=[RETRY_AFTER],
+        responses={
+            (200, JSON): ProductOutputSerializer(many=True),
+            **PAGE_PROBLEMS,
+            **NOT_AUTHENTICATED,
+            **DATABASE_UNAVAILABLE,
+        },
+    )
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
 
 class OrderListCreateApi(generics.GenericAPIView):
     serializer_class = OrderOutputSerializer
+    pagination_class = StrictPageNumberPagination
 
     def get_queryset(self):
         return selectors.order_list(buyer=self.request.user)
 
     @extend_schema(
         summary="List my orders",
+        description="My orders, newest first, paginated.",
+        parameters=[RETRY_AFTER],
         responses={
             (200, JSON): OrderOutputSerializer(many=True),
-            (401, PROBLEM_CONTENT_TYPE): _problem("Missing or bad token."),
+            **PAGE_PROBLEMS,
+            **NOT_AUTHENTICATED,
+            **DATABASE_UNAVAILABLE,
         },
     )
     def get(self, request):
@@ -68,34 +123,62 @@ class OrderListCreateApi(generics.GenericAPIView):
         parameters=[
             OpenApiParameter(
                 "Idempotency-Key",
+                {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH},
+                OpenApiParameter.HEADER,
+                pattern=IDEMPOTENCY_KEY_PATTERN,
+                description=(
+                    "Any unique string (a UUID is good) to make retries safe; per buyer. "
+                    f"1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters, "
+                    "not starting or ending with a space."
+                ),
+            ),
+            OpenApiParameter(
+                "Location",
                 OpenApiTypes.STR,
                 OpenApiParameter.HEADER,
-                description="Any unique string (a UUID is good) to make retries safe; per buyer.",
+                required=True,
+                response=[201],
+                description="The order's URL.",
             ),
+            OpenApiParameter(
+                "Idempotent-Replayed",
+                {"type": "string", "enum": ["true"]},
+                OpenApiParameter.HEADER,
+                response=[201],
+                description="Present when the order was placed by an earlier request with this Idempotency-Key.",
+            ),
+            RETRY_AFTER,
         ],
         responses={
             (201, JSON): OrderOutputSerializer,
             (400, PROBLEM_CONTENT_TYPE): _problem(
-                "Invalid input: malformed JSON, wrong types, unknown or inactive product, "
-                "bad quantity, duplicate product, no or too many lines."
+                "Invalid input: malformed JSON, wrong types, unknown or inactive product, bad quantity, "
+                "duplicate product, no or too many lines, malformed Idempotency-Key."
             ),
-            (401, PROBLEM_CONTENT_TYPE): _problem("Missing or bad token."),
+            **NOT_AUTHENTICATED,
             (409, PROBLEM_CONTENT_TYPE): _problem(
                 "Not enough stock for one or more lines.", InsufficientStockProblemSerializer
             ),
             (413, PROBLEM_CONTENT_TYPE): _problem("Request body too large."),
+            (415, PROBLEM_CONTENT_TYPE): _problem("The body is not `application/json`."),
             (422, PROBLEM_CONTENT_TYPE): _problem(
                 "Idempotency-Key reused with a different request body.", IdempotencyKeyReusedProblemSerializer
             ),
+            **DATABASE_UNAVAILABLE,
         },
     )
     def post(self, request):
         idempotency_key = request.headers.get("Idempotency-Key")
         if idempotency_key is not None and not (
-            0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH and idempotency_key.isprintable()
+            len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH and _IDEMPOTENCY_KEY.fullmatch(idempotency_key)
         ):
             raise ValidationError(
-                {"Idempotency-Key": [f"Must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable characters."]}
+                {
+                    "Idempotency-Key": [
+                        f"Must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters, "
+                        "not starting or ending with a space."
+                    ]
+                }
             )
         serializer = OrderInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -120,10 +203,15 @@ class OrderDetailApi(generics.GenericAPIView):
 
     @extend_schema(
         summary="One of my orders",
+        parameters=[
+            OpenApiParameter("order_id", {"type": "integer", "minimum": 1, "maximum": MAX_ID}, OpenApiParameter.PATH),
+            RETRY_AFTER,
+        ],
         responses={
             (200, JSON): OrderOutputSerializer,
-            (401, PROBLEM_CONTENT_TYPE): _problem("Missing or bad token."),
-            (404, PROBLEM_CONTENT_TYPE): _problem("No such order among yours."),
+            **NOT_AUTHENTICATED,
+            (404, PROBLEM_CONTENT_TYPE): _problem("No such order among yours (or not an order id at all)."),
+            **DATABASE_UNAVAILABLE,
         },
     )
     def get(self, request, order_id: int):

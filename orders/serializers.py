@@ -1,13 +1,25 @@
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from orders.models import Order, OrderLine, Product
+
+# What MoneyField renders: the schema says so, so that a client (and a fuzzer) knows "19.9" never comes.
+MONEY_PATTERN = r"^-?\d+\.\d{2}$"
+
+
+@extend_schema_field({"type": "string", "format": "decimal", "pattern": MONEY_PATTERN, "example": "19.90"})
+class MoneyField(serializers.DecimalField):
+    """An amount, always a string with two decimals ("19.90"), never a JSON number."""
+
+    def __init__(self, *, max_digits: int = 14, **kwargs):
+        super().__init__(max_digits=max_digits, decimal_places=2, coerce_to_string=True, **kwargs)
 
 
 class ProductOutputSerializer(serializers.ModelSerializer):
     seller = serializers.IntegerField(source="seller_id")
     seller_name = serializers.CharField(source="seller.name")
-    price = serializers.DecimalField(max_digits=12, decimal_places=2, coerce_to_string=True)
+    price = MoneyField(max_digits=12)
 
     class Meta:
         model = Product
@@ -23,26 +35,37 @@ class JSONIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+# The order limits are read from the settings when a serializer is built (get_fields), not when this
+# module is imported, so they follow the settings; as a field's max_value/max_length the schema
+# documents them (maximum, maxItems), so generated and Swagger examples stay within them.
+
+
 class OrderLineInputSerializer(serializers.Serializer):
     product = JSONIntegerField(min_value=1)
-    quantity = JSONIntegerField(min_value=1)
 
-    def validate_quantity(self, value):
-        if value > settings.ORDER_MAX_QUANTITY:
-            raise serializers.ValidationError(
-                f"Ensure this value is less than or equal to {settings.ORDER_MAX_QUANTITY}.", code="max_value"
-            )
-        return value
+    def get_fields(self):
+        return {
+            **super().get_fields(),
+            "quantity": JSONIntegerField(min_value=1, max_value=settings.ORDER_MAX_QUANTITY),
+        }
 
 
 class OrderInputSerializer(serializers.Serializer):
-    lines = OrderLineInputSerializer(many=True, allow_empty=False)
+    def get_fields(self):
+        # A ListField, not many=True: drf-spectacular documents a ListField's min_length and
+        # max_length (minItems, maxItems), a ListSerializer's not.
+        return {
+            **super().get_fields(),
+            "lines": serializers.ListField(
+                child=OrderLineInputSerializer(),
+                allow_empty=False,
+                min_length=1,
+                max_length=settings.ORDER_MAX_LINES,
+                error_messages={"max_length": f"An order has at most {settings.ORDER_MAX_LINES} lines."},
+            ),
+        }
 
     def validate_lines(self, lines):
-        if len(lines) > settings.ORDER_MAX_LINES:
-            raise serializers.ValidationError(
-                f"An order has at most {settings.ORDER_MAX_LINES} lines.", code="max_length"
-            )
         seen = set()
         for line in lines:
             if line["product"] in seen:
@@ -57,6 +80,8 @@ class OrderInputSerializer(serializers.Serializer):
 class OrderLineOutputSerializer(serializers.ModelSerializer):
     product = serializers.IntegerField(source="product_id")
     seller = serializers.IntegerField(source="seller_id")
+    unit_price = MoneyField(max_digits=12)
+    line_total = MoneyField()
 
     class Meta:
         model = OrderLine
@@ -65,6 +90,7 @@ class OrderLineOutputSerializer(serializers.ModelSerializer):
 
 class OrderOutputSerializer(serializers.ModelSerializer):
     lines = OrderLineOutputSerializer(many=True)
+    total = MoneyField()
 
     class Meta:
         model = Order

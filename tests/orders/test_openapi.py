@@ -8,6 +8,8 @@ from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.validation import validate_schema
 
 from marketplace.problems import PROBLEM_CONTENT_TYPE
+from orders.apis import IDEMPOTENCY_KEY_PATTERN, MAX_IDEMPOTENCY_KEY_LENGTH
+from orders.serializers import MONEY_PATTERN
 
 pytestmark = pytest.mark.django_db
 
@@ -33,6 +35,7 @@ def test_schema_generation_has_no_warnings():
 
 def test_the_served_schema_is_valid_and_public(schema):
     validate_schema(schema)
+    # Each operation once: the routes without a trailing slash are not documented twice.
     assert set(schema["paths"]) == {"/api/products/", "/api/orders/", "/api/orders/{order_id}/"}
 
 
@@ -40,13 +43,91 @@ def test_placing_an_order_documents_every_outcome(schema):
     operation = schema["paths"]["/api/orders/"]["post"]
 
     responses = operation["responses"]
-    assert set(responses) == {"201", "400", "401", "409", "413", "422"}
+    assert set(responses) == {"201", "400", "401", "409", "413", "415", "422", "503"}
     assert responses["201"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/OrderOutput"}
-    for status in ("400", "401", "409", "413", "422"):
+    assert responses["201"]["headers"]["Location"]["required"] is True
+    for status in ("400", "401", "409", "413", "415", "422", "503"):
         assert list(responses[status]["content"]) == [PROBLEM_CONTENT_TYPE], status
     assert responses["409"]["content"][PROBLEM_CONTENT_TYPE]["schema"]["$ref"].endswith("/InsufficientStockProblem")
     assert "Idempotency-Key" in [parameter["name"] for parameter in operation["parameters"]]
     assert operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/OrderInputRequest")
+
+
+def test_the_idempotency_key_constraints_are_documented(schema):
+    """An empty key is a 400: the schema says so, so that neither a fuzzer nor Swagger sends one."""
+    [parameter] = [p for p in schema["paths"]["/api/orders/"]["post"]["parameters"] if p["name"] == "Idempotency-Key"]
+
+    assert parameter["in"] == "header"
+    assert parameter["schema"] == {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH,
+        "pattern": IDEMPOTENCY_KEY_PATTERN,
+    }
+
+
+def test_every_operation_has_a_summary_and_documents_a_503_with_retry_after(schema):
+    operations = [operation for path in schema["paths"].values() for operation in path.values()]
+
+    assert len(operations) == 4
+    for operation in operations:
+        assert operation["summary"], operation["operationId"]
+        unavailable = operation["responses"]["503"]
+        assert list(unavailable["content"]) == [PROBLEM_CONTENT_TYPE], operation["operationId"]
+        assert unavailable["headers"]["Retry-After"]["required"] is True
+        assert unavailable["headers"]["Retry-After"]["schema"]["type"] == "integer"
+
+
+@pytest.mark.parametrize("path", ["/api/orders/", "/api/products/"])
+def test_the_page_parameter_and_its_errors_are_documented(schema, path):
+    operation = schema["paths"][path]["get"]
+
+    [page] = [parameter for parameter in operation["parameters"] if parameter["name"] == "page"]
+    assert page["schema"] == {"type": "integer", "minimum": 1}
+    for status in ("400", "404"):
+        assert list(operation["responses"][status]["content"]) == [PROBLEM_CONTENT_TYPE], status
+
+
+def test_the_product_filters_are_documented_as_strict(schema):
+    operation = schema["paths"]["/api/products/"]["get"]
+
+    parameters = {parameter["name"]: parameter["schema"] for parameter in operation["parameters"]}
+    assert parameters["seller"]["type"] == "integer"
+    assert parameters["seller"]["minimum"] == 1
+    assert parameters["in_stock"] == {"type": "boolean"}
+    assert operation["summary"]
+
+
+def test_the_order_limits_follow_the_settings(client, settings):
+    settings.ORDER_MAX_QUANTITY = 7
+    settings.ORDER_MAX_LINES = 3
+
+    components = client.get("/api/schema/", {"format": "json"}).json()["components"]["schemas"]
+
+    lines = components["OrderInputRequest"]["properties"]["lines"]
+    assert (lines["minItems"], lines["maxItems"]) == (1, 3)
+    quantity = components["OrderLineInputRequest"]["properties"]["quantity"]
+    assert (quantity["minimum"], quantity["maximum"]) == (1, 7)
+
+
+def test_money_is_documented_as_a_string_with_two_decimals(schema):
+    components = schema["components"]["schemas"]
+
+    for component, field in [
+        ("ProductOutput", "price"),
+        ("OrderOutput", "total"),
+        ("OrderLineOutput", "unit_price"),
+        ("OrderLineOutput", "line_total"),
+    ]:
+        money = components[component]["properties"][field]
+        assert (money["type"], money["pattern"]) == ("string", MONEY_PATTERN), (component, field)
+
+
+def test_the_order_id_is_documented_as_an_id(schema):
+    [order_id] = schema["paths"]["/api/orders/{order_id}/"]["get"]["parameters"]
+
+    assert order_id["schema"]["type"] == "integer"
+    assert order_id["schema"]["minimum"] == 1
 
 
 def test_the_order_list_is_documented_as_paginated(schema):

@@ -1,11 +1,14 @@
 """Every rejected order answers with a problem details body and changes nothing."""
 
 import json
+import logging
 
 import pytest
+from django.db import InterfaceError, OperationalError
 from rest_framework.test import APIClient
 
-from tests.factories import BuyerFactory, ProductFactory
+from orders import selectors
+from tests.factories import BuyerFactory, ProductFactory, token_for
 from tests.orders.conftest import ORDERS_URL, assert_problem, place, snapshot
 
 pytestmark = pytest.mark.django_db
@@ -273,7 +276,7 @@ def test_a_body_that_is_not_json_is_a_415(api, hammer):
     assert snapshot() == before
 
 
-@pytest.mark.parametrize("key", ["", "k" * 256, "bad\x00key", "tab\tkey"])
+@pytest.mark.parametrize("key", ["", "k" * 256, "bad\x00key", "tab\tkey", " leading", "trailing ", " ", "caf\u00e9"])
 def test_a_malformed_idempotency_key_is_a_400(api, hammer, key):
     before = snapshot()
 
@@ -286,3 +289,72 @@ def test_a_malformed_idempotency_key_is_a_400(api, hammer, key):
 @pytest.mark.parametrize("method", ["put", "patch", "delete"])
 def test_other_methods_are_a_405(api, method):
     assert_problem(getattr(api, method)(ORDERS_URL), 405, "method-not-allowed")
+
+
+@pytest.mark.parametrize("key", ["k", "k" * 255, "retry #1 of order 42 (~!)"])
+def test_any_key_the_schema_allows_is_accepted(api, hammer, key):
+    response = place(api, (hammer, 1), headers={"Idempotency-Key": key})
+
+    assert response.status_code == 201, response.content
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["production", "debug"])
+def test_an_order_posted_without_the_trailing_slash_is_placed(api, hammer, settings, debug):
+    """Not a 301 a client would follow with a GET, losing the order, nor (under DEBUG) a 500."""
+    settings.DEBUG = debug
+
+    response = api.post(ORDERS_URL.removesuffix("/"), {"lines": [{"product": hammer.pk, "quantity": 1}]}, format="json")
+
+    assert response.status_code == 201, response.content
+    assert response["Location"] == f"{ORDERS_URL}{response.json()['id']}/"
+    assert api.get(ORDERS_URL.removesuffix("/")).json()["count"] == 1
+    assert api.get(response["Location"].removesuffix("/")).json() == response.json()
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["production", "debug"])
+@pytest.mark.parametrize("method", ["get", "post"])
+@pytest.mark.parametrize(
+    "path", ["/api/orders/-1/", "/api/orders/abc/", "/api/orders/1/lines/", "/api/nothing/", "/api/nothing", "/api"]
+)
+def test_an_unknown_api_path_is_a_404_problem(buyer, settings, debug, method, path):
+    """Under DEBUG, Django's own answer is an HTML page listing every route."""
+    settings.DEBUG = debug
+    # CSRF checked, as for a real client: a POST must get the 404, not Django's HTML CSRF failure page.
+    client = APIClient(enforce_csrf_checks=True)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token_for(buyer)}")
+
+    assert_problem(getattr(client, method)(path), 404, "not-found")
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["production", "debug"])
+def test_a_bug_in_an_api_view_is_a_500_problem_and_logged(api, monkeypatch, settings, caplog, debug):
+    """Under DEBUG too, where Django would answer with its HTML debug page."""
+    settings.DEBUG = debug
+
+    def broken(**kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(selectors, "order_list", broken)
+    api.raise_request_exception = False
+
+    with caplog.at_level(logging.ERROR, logger="django.request"):
+        response = api.get(ORDERS_URL)
+
+    assert_problem(response, 500, "internal-error")
+    [record] = [record for record in caplog.records if record.name == "django.request"]
+    assert record.exc_info[1].args == ("a bug",)
+
+
+@pytest.mark.parametrize("error", [OperationalError, InterfaceError])
+def test_a_database_connection_failure_is_a_503_with_retry_after(api, monkeypatch, error):
+    """tests/orders/test_database_unavailable.py cuts the database for real."""
+
+    def unreachable(**kwargs):
+        raise error("connection refused")
+
+    monkeypatch.setattr(selectors, "order_list", unreachable)
+
+    response = api.get(ORDERS_URL)
+
+    assert_problem(response, 503, "service-unavailable")
+    assert response["Retry-After"] == "5"

@@ -3,8 +3,9 @@ from decimal import Decimal
 import pytest
 from rest_framework.pagination import PageNumberPagination
 
+from orders.filters import MAX_ID
 from tests.factories import ProductFactory, SellerFactory
-from tests.orders.conftest import PRODUCTS_URL, assert_problem
+from tests.orders.conftest import ORDERS_URL, PRODUCTS_URL, assert_problem
 
 pytestmark = pytest.mark.django_db
 
@@ -90,16 +91,76 @@ def test_filters_combine_and_still_hide_inactive_products(client):
     assert ids(response) == [wanted.pk]
 
 
-def test_a_malformed_seller_filter_is_a_400_problem(client):
-    body = assert_problem(client.get(PRODUCTS_URL, {"seller": "acme"}), 400, "validation-error")
-
-    assert [error["attr"] for error in body["errors"]] == ["seller"]
-
-
-def test_a_page_past_the_end_is_a_404_problem(client):
+def test_a_seller_without_products_is_an_empty_list(client):
     ProductFactory()
 
-    assert_problem(client.get(PRODUCTS_URL, {"page": 2}), 404, "not-found")
+    response = client.get(PRODUCTS_URL, {"seller": MAX_ID})
+
+    assert response.status_code == 200
+    assert response.json()["count"] == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("seller", "acme"),
+        ("seller", "1.5"),  # was read as seller 1
+        ("seller", "1.0"),
+        ("seller", ""),  # was ignored
+        ("seller", "0"),
+        ("seller", "-1"),
+        ("seller", " 1"),
+        ("seller", str(MAX_ID + 1)),
+        ("seller", "9" * 5000),
+        ("in_stock", "maybe"),  # was ignored
+        ("in_stock", ""),
+        ("in_stock", "1"),
+        ("in_stock", "True"),
+        ("in_stock", "yes"),
+    ],
+)
+def test_a_malformed_filter_is_a_400_problem_naming_it(client, name, value):
+    seller = SellerFactory(pk=1)
+    ProductFactory(seller=seller)
+
+    body = assert_problem(client.get(PRODUCTS_URL, {name: value}), 400, "validation-error")
+
+    assert [error["attr"] for error in body["errors"]] == [name]
+
+
+@pytest.mark.parametrize("url", [PRODUCTS_URL, ORDERS_URL])
+@pytest.mark.parametrize("page", ["0", "", "-1", "1.5", "abc", "last", " 1", "\u0661"])
+def test_a_page_that_is_not_an_integer_from_1_is_a_400_problem(api, url, page):
+    ProductFactory()
+
+    body = assert_problem(api.get(url, {"page": page}), 400, "validation-error")
+
+    assert [error["attr"] for error in body["errors"]] == ["page"]
+
+
+@pytest.mark.parametrize("url", [PRODUCTS_URL, ORDERS_URL])
+@pytest.mark.parametrize("page", ["2", "9" * 5000])
+def test_a_page_past_the_end_is_a_404_problem(api, url, page):
+    ProductFactory()
+
+    assert_problem(api.get(url, {"page": page}), 404, "not-found")
+
+
+@pytest.mark.parametrize("page", ["1", "01"])
+def test_the_first_page_exists_even_when_empty(api, page):
+    response = api.get(ORDERS_URL, {"page": page})
+
+    assert response.status_code == 200
+    assert response.json()["results"] == []
+
+
+def test_products_are_listed_without_the_trailing_slash_too(client):
+    ProductFactory()
+
+    response = client.get(PRODUCTS_URL.removesuffix("/"))
+
+    assert response.status_code == 200
+    assert response.json() == client.get(PRODUCTS_URL).json()
 
 
 def test_a_bad_token_is_refused_even_on_the_public_list(client):
