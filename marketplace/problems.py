@@ -60,16 +60,6 @@ class ProblemSerializer(serializers.Serializer):
     errors = FieldError(many=True, required=False, help_text="Per-field errors (400 only).")
 
 
-class InsufficientStockProblemSerializer(ProblemSerializer):
-    class Shortage(serializers.Serializer):
-        line = serializers.IntegerField(help_text="Index of the line in the request.")
-        product = serializers.IntegerField()
-        requested = serializers.IntegerField()
-        available = serializers.IntegerField()
-
-    shortages = Shortage(many=True)
-
-
 def problem(request, *, status: int, slug: str, title: str, detail: str, **extensions: Any) -> dict[str, Any]:
     return {
         "type": PROBLEM_BASE_URI + slug,
@@ -229,7 +219,3 @@ def server_error_view(request):
     if isinstance(exc, DATABASE_UNAVAILABLE_ERRORS):
         return _database_unavailable_response(request, JsonResponse)
     return JsonResponse(_internal_error(request), status=500, content_type=PROBLEM_CONTENT_TYPE)
-
-
-class IdempotencyKeyReusedProblemSerializer(ProblemSerializer):
-    order = serializers.IntegerField(help_text="The order this key already placed.")

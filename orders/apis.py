@@ -12,13 +12,17 @@ from marketplace.pagination import StrictPageNumberPagination
 from marketplace.problems import (
     DATABASE_RETRY_AFTER_SECONDS,
     PROBLEM_CONTENT_TYPE,
-    IdempotencyKeyReusedProblemSerializer,
-    InsufficientStockProblemSerializer,
     ProblemSerializer,
 )
 from orders import selectors, services
 from orders.filters import MAX_ID, ProductFilter
-from orders.serializers import OrderInputSerializer, OrderOutputSerializer, ProductOutputSerializer
+from orders.serializers import (
+    IdempotencyKeyReusedProblemSerializer,
+    InsufficientStockProblemSerializer,
+    OrderInputSerializer,
+    OrderOutputSerializer,
+    ProductOutputSerializer,
+)
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 # Printable ASCII, no leading or trailing space: HTTP trims those from a header value, so a key

@@ -2,6 +2,7 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from marketplace.problems import ProblemSerializer
 from orders.models import Order, OrderLine, Product
 
 # What MoneyField renders: the schema says so, so that a client (and a fuzzer) knows "19.9" never comes.
@@ -95,3 +96,18 @@ class OrderOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = Order
         fields = ["id", "status", "lines", "total", "currency", "created_at"]
+
+
+# The problem bodies of this app's own errors (orders/services.py), documented in the schema.
+class InsufficientStockProblemSerializer(ProblemSerializer):
+    class Shortage(serializers.Serializer):
+        line = serializers.IntegerField(help_text="Index of the line in the request.")
+        product = serializers.IntegerField()
+        requested = serializers.IntegerField()
+        available = serializers.IntegerField()
+
+    shortages = Shortage(many=True)
+
+
+class IdempotencyKeyReusedProblemSerializer(ProblemSerializer):
+    order = serializers.IntegerField(help_text="The order this key already placed.")
