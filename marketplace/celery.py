@@ -3,7 +3,7 @@ import threading
 
 from celery import Celery
 from celery.signals import task_prerun, worker_init
-from kombu import Producer
+from kombu import Producer, Queue
 
 from marketplace.events import topology
 
@@ -11,7 +11,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings")
 
 app = Celery("marketplace")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.conf.task_queues = topology.celery_queues()
+# Periodic maintenance (retention: events/tasks.py) has a queue and a worker of its own, so it never
+# waits behind a subscriber's backlog; `celery beat` sends it (settings.CELERY_BEAT_SCHEDULE).
+MAINTENANCE_QUEUE = Queue(
+    "marketplace.maintenance", durable=True, queue_arguments={"x-queue-type": topology.QUEUE_TYPE}
+)
+app.conf.task_queues = (*topology.celery_queues(), MAINTENANCE_QUEUE)
+app.conf.task_routes = {"events.prune_events": {"queue": MAINTENANCE_QUEUE.name}}
 app.autodiscover_tasks()
 
 

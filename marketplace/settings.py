@@ -6,6 +6,7 @@ Every default works on a developer machine with PostgreSQL and RabbitMQ on local
 from pathlib import Path
 
 import environ
+from celery.schedules import crontab
 
 from marketplace.events import topology
 
@@ -213,6 +214,35 @@ QUEUE_LOSS_BACKFILL_SECONDS = env.int("QUEUE_LOSS_BACKFILL_SECONDS", default=120
 # The dead-letter recorder removes resolved and archived failures from the dead-letter queues
 # this often (seconds).
 DEAD_LETTER_COMPACT_SECONDS = env.float("DEAD_LETTER_COMPACT_SECONDS", default=5.0)
+
+# --- Retention (manage.py prune_events, docs/operations.md) ---------------------------------
+# Published outbox rows are deleted this many days after they were created and published; pending
+# rows never are. backfill_events can only republish rows still here: this is how far back it reaches.
+OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=30)
+# Dedupe markers (ProcessedEvent) are deleted after this many days, except those of events with an
+# open failure. A marker must outlive every redelivery of its event: at least OUTBOX_RETENTION_DAYS
+# (a backfill can redeliver any retained event) and longer than the longest retry chain (checked).
+PROCESSED_EVENT_RETENTION_DAYS = env.int("PROCESSED_EVENT_RETENTION_DAYS", default=30)
+# Resolved and archived failures (and their replay audit rows) are deleted after this many days
+# without a new failure, resolution, replay or archive request. Open failures never are.
+FAILED_EVENT_RETENTION_DAYS = env.int("FAILED_EVENT_RETENTION_DAYS", default=90)
+# Rows deleted per transaction.
+RETENTION_BATCH_SIZE = env.int("RETENTION_BATCH_SIZE", default=1000)
+# When `celery beat` has the maintenance worker run prune_events: a crontab expression
+# (minute hour day-of-month month day-of-week), in UTC.
+RETENTION_SCHEDULE = env("RETENTION_SCHEDULE", default="30 3 * * *")
+# The task is routed to the maintenance queue (marketplace/celery.py). A run still waiting after
+# 6 hours (its worker was down) is dropped: the next one does the same work.
+CELERY_BEAT_SCHEDULE = {
+    "prune-events": {
+        "task": "events.prune_events",
+        "schedule": crontab.from_string(RETENTION_SCHEDULE),
+        "options": {"expires": 6 * 3600},
+    },
+}
+# No result backend, so nothing to expire; unset, beat would also send Celery's daily
+# celery.backend_cleanup, to a "celery" queue that no worker consumes.
+CELERY_RESULT_EXPIRES = None
 
 # --- Notifications --------------------------------------------------------------------------
 EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
