@@ -264,6 +264,18 @@ SEGMENT_RETURNING_ORDERS = env.int("SEGMENT_RETURNING_ORDERS", default=2)
 SEGMENT_LOYAL_ORDERS = env.int("SEGMENT_LOYAL_ORDERS", default=5)
 SEGMENT_HIGH_VALUE_SPEND = env("SEGMENT_HIGH_VALUE_SPEND", default="1000.00")
 
+# --- Metrics (docs/observability.md) --------------------------------------------------------
+# user:password that /metrics requires (HTTP basic auth). Unset or empty: /metrics answers 404.
+METRICS_BASIC_AUTH = env("METRICS_BASIC_AUTH", default="")
+# Where every process of this deployment on this host (gunicorn workers, Celery pool processes,
+# the relay) writes its counters for /metrics to add up (prometheus_client's multiprocess mode).
+# One directory per database by default, so tests and benchmarks never mix with a running stack.
+# Empty: each process keeps its metrics in memory, and /metrics shows only the process answering.
+PROMETHEUS_MULTIPROC_DIR = env(
+    "PROMETHEUS_MULTIPROC_DIR",
+    default=str(Path(env("TMPDIR", default="/tmp")) / "marketplace-metrics" / DATABASES["default"]["NAME"]),
+)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -23,6 +23,7 @@ urlpatterns = [
     re_path(r"^api(?:/|$)", csrf_exempt(not_found_view)),
     path("api-auth/", include("rest_framework.urls")),
     path("healthz", healthz, name="healthz"),
+    path("", include("marketplace.metrics.urls")),  # /metrics (Prometheus, basic auth)
 ]
 
 handler404 = "marketplace.problems.not_found_view"

@@ -8,10 +8,12 @@ from decimal import Decimal
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
+from django.utils import timezone
 
+from marketplace import metrics
 from marketplace.events.outbox import enqueue_event
-from marketplace.exceptions import Conflict, InvalidInput, UnprocessableRequest
-from orders.events import order_placed_envelope
+from marketplace.exceptions import Conflict, DomainError, InvalidInput, UnprocessableRequest
+from orders.events import CancelledBy, order_cancelled_envelope, order_placed_envelope
 from orders.models import IdempotencyKey, Order, OrderLine, Product
 
 CENT = Decimal("0.01")
@@ -81,6 +83,7 @@ def order_place(
                 buyer=buyer, key=idempotency_key, request_fingerprint=fingerprint, order=order
             )
         enqueue_event(order_placed_envelope(order=order, correlation_id=correlation_id))
+    metrics.count_order_placed()  # after the commit; idempotent replays returned above
     return PlacedOrder(order=order)
 
 

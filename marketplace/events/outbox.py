@@ -22,6 +22,7 @@ from django.db.models import DurationField, ExpressionWrapper, F, Q, Value
 from django.db.models.functions import Least, Power
 from django.utils import timezone
 
+from marketplace import metrics
 from marketplace.events.broker import BrokerPublisher, Unroutable
 from marketplace.events.models import OutboxEvent
 
@@ -81,6 +82,7 @@ def publish_rows(
         try:
             publisher.publish(envelope)
             results.append(PublishResult(outbox_id))
+            metrics.observe_publish_latency(envelope)  # never raises
         except Unroutable as exc:
             logger.error("outbox %s: %s", outbox_id, exc)
             results.append(PublishResult(outbox_id, error=f"Unroutable: {exc}"))

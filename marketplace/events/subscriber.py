@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, models, transaction
 from django.utils import timezone
 
+from marketplace import metrics
 from marketplace.celery import app, confirming_producer
 from marketplace.events import dead_letters, topology
 from marketplace.events.envelope import InvalidEnvelope, validate_envelope
@@ -129,6 +130,7 @@ class SubscriberTask(Task):
             # Not acknowledged: back to its queue (counted against the delivery limit), never lost.
             logger.warning("could not publish the retry of %s (%s); returning it", self.request.id, publish_error)
             raise Reject(exc, requeue=True) from publish_error
+        metrics.count_retried(self.subscriber)
         return Retry(exc=exc, when=delay)
 
     def _dead_letter(self, exc: BaseException, headers: dict[str, Any], first_failed_at: str) -> None:
@@ -144,6 +146,7 @@ class SubscriberTask(Task):
             type(exc).__name__,
             exc,
         )
+        metrics.count_dead_lettered(self.subscriber)
         try:
             # The queue is named so the original delivery's exchange (the fanout) is not reused.
             self.signature_from_request(self.request, queue=subscriber.queue, headers=headers | failure).apply_async(
@@ -158,9 +161,13 @@ class SubscriberTask(Task):
             raise Reject(exc, requeue=False) from exc
 
     def on_success(self, retval, task_id, args, kwargs):
+        metrics.count_processed(self.subscriber)
         replay_of = _header(self.request, dead_letters.REPLAY_OF, "")
+        if not replay_of and not self.request.retries:
+            return  # the hot path (a first attempt that succeeded) writes nothing more
+        self._record_attempt(DeliveryAttempt.Outcome.SUCCEEDED)
         if not replay_of:
-            return  # the hot path touches no failure record
+            return
         try:
             FailedEvent.objects.filter(
                 pk=int(replay_of), status__in=[FailedEvent.Status.FAILED, FailedEvent.Status.REPLAYING]
@@ -189,7 +196,8 @@ def subscriber_task(name: str) -> Callable[[Callable[[dict[str, Any]], Any]], Ta
                     raise InvalidEnvelope(
                         f"a subscriber task takes one envelope, got {len(args)} args {sorted(kwargs)}"
                     )
-                return run(validate_envelope(args[0]))
+                with metrics.timed_handler(name):
+                    return run(validate_envelope(args[0]))
             except Exception as exc:
                 self.handle(exc)
 
