@@ -1,12 +1,39 @@
 import json
+from collections.abc import Iterator
 
 from django.contrib import admin, messages
-from django.db.models import Count
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpResponseRedirect, StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import escape, format_html, format_html_join
+from django.utils.timesince import timesince
 
-from marketplace.events.models import FailedEvent, FailedEventReplay, OutboxEvent
-from marketplace.events.services import NotReplayable, failed_event_archive, failed_event_replay
+from marketplace.events import trace
+from marketplace.events.failure_groups import failure_group, open_failure_groups
+from marketplace.events.models import DeliveryAttempt, FailedEvent, FailedEventReplay, OutboxEvent
+from marketplace.events.services import (
+    GroupOutcome,
+    NotReplayable,
+    failed_event_archive,
+    failed_event_replay,
+    failure_group_archive,
+    failure_group_replay,
+    failure_group_steps,
+)
+
+# A group larger than this is replayed or archived with a streamed progress page.
+GROUP_PROGRESS_FROM = 200
+
+
+def moment(value) -> str:
+    """To the second, with how long ago: '2026-11-29 04:12:33 UTC (3 minutes ago)'."""
+    if value is None:
+        return "-"
+    local = timezone.localtime(value)
+    return f"{local:%Y-%m-%d %H:%M:%S} {local.tzname()} ({timesince(value)} ago)"
 
 
 class PublishedFilter(admin.SimpleListFilter):
@@ -32,6 +59,7 @@ class OutboxEventAdmin(admin.ModelAdmin):
     readonly_fields = [
         "event_id",
         "event_type",
+        "trace_link",
         "pretty_envelope",
         "created_at",
         "claimed_until",
@@ -57,7 +85,33 @@ class OutboxEventAdmin(admin.ModelAdmin):
 
     @admin.display(description="envelope")
     def pretty_envelope(self, obj):
-        return format_html("<pre>{}</pre>", json.dumps(obj.envelope, indent=2))
+        return format_html('<pre class="wrapped">{}</pre>', json.dumps(obj.envelope, indent=2))
+
+    @admin.display(description="trace")
+    def trace_link(self, obj):
+        url = reverse("admin:events_trace_event", args=[obj.event_id])
+        return format_html('<a href="{}">where this event is, with each subscriber</a>', url)
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path("trace/order/<int:order_id>/", view(self.order_trace_view), name="events_trace_order"),
+            path("trace/event/<uuid:event_id>/", view(self.event_trace_view), name="events_trace_event"),
+            *super().get_urls(),
+        ]
+
+    def order_trace_view(self, request, order_id: int):
+        return self._trace(request, f"Order #{order_id}: its events", trace.order_event_traces(order_id))
+
+    def event_trace_view(self, request, event_id):
+        event = get_object_or_404(OutboxEvent, event_id=event_id)
+        return self._trace(request, f"Event {event.event_type} {event.event_id}", [trace.event_trace(event)])
+
+    def _trace(self, request, title: str, traces: list[trace.EventTrace]):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        context = {**self.admin_site.each_context(request), "title": title, "traces": traces, "opts": self.model._meta}
+        return TemplateResponse(request, "admin/events/trace.html", context)
 
     def has_add_permission(self, request):
         return False
@@ -73,26 +127,34 @@ class FailedEventReplayInline(admin.TabularInline):
     model = FailedEventReplay
     extra = 0
     can_delete = False
-    readonly_fields = ["requested_by", "requested_at", "via"]
+    verbose_name = "replay or archive"
+    verbose_name_plural = "replays and archives (audit)"
+    fields = readonly_fields = ["action", "via", "requested_by", "requested_at", "outcome", "finished_at"]
 
     def has_add_permission(self, request, obj=None):
         return False
 
 
+class FailureGroupFilter(admin.SimpleListFilter):
+    title = "failure group"
+    parameter_name = "group"
+
+    def lookups(self, request, model_admin):
+        return [
+            (group.key, f"{group.subscriber} · {group.exception_class.rpartition('.')[2]} · "
+             f"{group.message_pattern[:60]} ({group.count})")
+            for group in open_failure_groups()[:30]
+        ]  # fmt: skip
+
+    def queryset(self, request, queryset):
+        return queryset.filter(group_key=self.value()) if self.value() else queryset
+
+
 @admin.register(FailedEvent)
 class FailedEventAdmin(admin.ModelAdmin):
-    list_display = [
-        "id",
-        "subscriber",
-        "event_type",
-        "event_id",
-        "status",
-        "exception_class",
-        "attempts",
-        "first_failed_at",
-        "last_failed_at",
-    ]
-    list_filter = ["subscriber", "status", "exception_class", "last_failed_at"]
+    list_display = ["id", "subscriber", "failure", "status", "attempts", "last_failed", "trace"]
+    list_display_links = ["id", "failure"]
+    list_filter = [FailureGroupFilter, "subscriber", "status", "exception_class", "last_failed_at"]
     search_fields = ["=event_id", "exception_message"]
     date_hierarchy = "last_failed_at"
     actions = ["replay", "archive"]
@@ -101,14 +163,17 @@ class FailedEventAdmin(admin.ModelAdmin):
         "event_id",
         "event_type",
         "status",
+        "trace",
+        "group",
         "exception_class",
         "exception_message",
         "attempts",
-        "first_failed_at",
-        "last_failed_at",
+        "first_failed",
+        "last_failed",
         "resolved_at",
         "in_dead_letter_queue",
         "dead_lettered_by",
+        "delivery_history",
         "pretty_payload",
         "pretty_traceback",
         "raw_body",
@@ -116,20 +181,73 @@ class FailedEventAdmin(admin.ModelAdmin):
         "body_size",
         "pretty_headers",
     ]
-    exclude = ["payload", "traceback", "body", "headers", "body_digest", "dead_letter_key"]
+    exclude = [
+        "payload", "traceback", "body", "headers", "body_digest", "dead_letter_key", "first_failed_at",
+        "last_failed_at", "message_pattern", "group_key",
+    ]  # fmt: skip
     inlines = [FailedEventReplayInline]
+
+    @admin.display(description="failure", ordering="exception_class")
+    def failure(self, obj):
+        return format_html(
+            '<span class="failure"><strong>{}</strong><br>{}</span>',
+            obj.exception_class.rpartition(".")[2],
+            obj.exception_message[:200],
+        )
+
+    @admin.display(description="last failed", ordering="last_failed_at")
+    def last_failed(self, obj):
+        return moment(obj.last_failed_at)
+
+    @admin.display(description="first failed", ordering="first_failed_at")
+    def first_failed(self, obj):
+        return moment(obj.first_failed_at)
+
+    @admin.display(description="trace")
+    def trace(self, obj):
+        if obj.event_id is None or not OutboxEvent.objects.filter(event_id=obj.event_id).exists():
+            return "-"
+        return format_html('<a href="{}">trace</a>', reverse("admin:events_trace_event", args=[obj.event_id]))
+
+    @admin.display(description="failure group")
+    def group(self, obj):
+        url = reverse("admin:events_failedevent_changelist") + f"?group={obj.group_key}"
+        return format_html(
+            '<a href="{}">{} · {} · {}</a>', url, obj.subscriber, obj.exception_class, obj.message_pattern
+        )
+
+    @admin.display(description="delivery history")
+    def delivery_history(self, obj):
+        if obj.event_id is None:
+            return "-"
+        attempts = DeliveryAttempt.objects.filter(subscriber=obj.subscriber, event_id=obj.event_id)
+        if not attempts:
+            return "no attempts recorded"
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{} ms</td><td>{}</td><td>{}</td><td class='wrapped'>{}</td></tr>",
+            (
+                (a.attempt, moment_ms(a.started_at), f"{a.duration_ms:.1f}", a.worker, a.get_outcome_display(), a.error)
+                for a in attempts
+            ),
+        )
+        return format_html(
+            "<table><thead><tr><th>#</th><th>started</th><th>took</th><th>worker</th><th>outcome</th>"
+            "<th>error</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
 
     @admin.display(description="payload")
     def pretty_payload(self, obj):
-        return format_html("<pre>{}</pre>", json.dumps(obj.payload, indent=2))
+        return format_html('<pre class="wrapped">{}</pre>', json.dumps(obj.payload, indent=2))
 
     @admin.display(description="traceback")
     def pretty_traceback(self, obj):
-        return format_html("<pre>{}</pre>", obj.traceback)
+        return format_html('<pre class="wrapped">{}</pre>', obj.traceback)
 
     @admin.display(description="message headers")
     def pretty_headers(self, obj):
-        return format_html("<pre>{}</pre>", json.dumps(obj.headers, indent=2, sort_keys=True))
+        return format_html('<pre class="wrapped">{}</pre>', json.dumps(obj.headers, indent=2, sort_keys=True))
 
     @admin.display(description="dead-lettered by")
     def dead_lettered_by(self, obj):
@@ -139,13 +257,56 @@ class FailedEventAdmin(admin.ModelAdmin):
         return "the subscriber, after its last attempt" if obj.headers else ""
 
     def changelist_view(self, request, extra_context=None):
-        summary = (
-            FailedEvent.objects.filter(status__in=[FailedEvent.Status.FAILED, FailedEvent.Status.REPLAYING])
-            .values("subscriber", "exception_class")
-            .annotate(count=Count("id"))
-            .order_by("subscriber", "-count")
-        )
-        return super().changelist_view(request, {**(extra_context or {}), "failure_summary": list(summary)})
+        context = {**(extra_context or {}), "failure_groups": open_failure_groups()[:10]}
+        return super().changelist_view(request, context)
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path("groups/", view(self.groups_view), name="events_failedevent_groups"),
+            path(
+                "groups/<str:key>/<str:action>/", view(self.group_action_view), name="events_failedevent_group_action"
+            ),
+            *super().get_urls(),
+        ]
+
+    def groups_view(self, request):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Failure groups",
+            "opts": self.model._meta,
+            "groups": open_failure_groups(),
+            "can_act": self.has_replay_permission(request),
+        }
+        return TemplateResponse(request, "admin/events/failedevent/groups.html", context)
+
+    def group_action_view(self, request, key: str, action: str):
+        if action not in ("replay", "archive"):
+            raise Http404
+        if not self.has_replay_permission(request):
+            raise PermissionDenied
+        groups_url = reverse("admin:events_failedevent_groups")
+        group = failure_group(key)
+        if group is None:
+            self.message_user(request, "That failure group has no open failures left.", messages.WARNING)
+            return HttpResponseRedirect(groups_url)
+        if request.method != "POST":
+            context = {
+                **self.admin_site.each_context(request),
+                "title": f"{action.capitalize()} a failure group",
+                "opts": self.model._meta,
+                "group": group,
+                "action": action,
+            }
+            return TemplateResponse(request, "admin/events/failedevent/group_confirm.html", context)
+        if group.count < GROUP_PROGRESS_FROM:
+            run = failure_group_replay if action == "replay" else failure_group_archive
+            outcome = run(key=key, requested_by=request.user)
+            self.message_user(request, _group_summary(action, outcome), messages.SUCCESS)
+            return HttpResponseRedirect(groups_url)
+        return StreamingHttpResponse(_progress_page(key, request.user, action, group.count, groups_url))
 
     def has_add_permission(self, request):
         return False
@@ -178,5 +339,29 @@ class FailedEventAdmin(admin.ModelAdmin):
     @admin.action(description="Archive (stop tracking)", permissions=["archive"])
     def archive(self, request, queryset):
         for failed_event in queryset:
-            failed_event_archive(failed_event=failed_event)
+            failed_event_archive(failed_event=failed_event, requested_by=request.user, via="admin")
         self.message_user(request, f"Archived {queryset.count()} event(s).", messages.SUCCESS)
+
+
+def moment_ms(value) -> str:
+    local = timezone.localtime(value)
+    return f"{local:%Y-%m-%d %H:%M:%S}.{local.microsecond // 1000:03d}"
+
+
+def _group_summary(action: str, outcome: GroupOutcome) -> str:
+    verb = "Replayed" if action == "replay" else "Archived"
+    skipped = f", skipped {outcome.skipped}" if outcome.skipped else ""
+    return f"{verb} {outcome.done} event(s){skipped}; each is audited on its failed event."
+
+
+def _progress_page(key: str, user, action: str, total: int, back_url: str) -> Iterator[str]:
+    """A plain page that grows as the group is worked through (a line per 100 events)."""
+    title = f"{action.capitalize()} of {total} event(s)"
+    yield f"<!doctype html><title>{escape(title)}</title><h1>{escape(title)}</h1>"
+    outcome = GroupOutcome()
+    for outcome in failure_group_steps(key=key, action=action, requested_by=user):
+        handled = outcome.done + outcome.skipped
+        if handled % 100 == 0:
+            yield f"<p>{handled} of {total}…</p>"
+    summary = escape(_group_summary(action, outcome))
+    yield f"<p><strong>{summary}</strong></p><p><a href='{escape(back_url)}'>Back to the failure groups</a></p>"

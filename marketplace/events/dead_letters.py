@@ -29,7 +29,8 @@ from django.utils import timezone
 from kombu import Connection, Producer
 
 from marketplace.events import topology
-from marketplace.events.models import FailedEvent
+from marketplace.events.failure_groups import grouping_fields
+from marketplace.events.models import FailedEvent, FailedEventReplay
 
 logger = logging.getLogger(__name__)
 
@@ -236,6 +237,9 @@ def record(*, subscriber: topology.Subscriber, body: bytes, headers: dict[str, A
         "last_failed_at": parse_time(headers.get(LAST_FAILED_AT)) or now,
         "resolved_at": None,
         "in_dead_letter_queue": True,
+        **grouping_fields(
+            subscriber=subscriber.name, exception_class=exception_class, exception_message=exception_message
+        ),
     }
     with transaction.atomic():
         failed = FailedEvent.objects.select_for_update().filter(subscriber=subscriber.name, **lookup).first()
@@ -252,6 +256,12 @@ def record(*, subscriber: topology.Subscriber, body: bytes, headers: dict[str, A
             )
         else:
             FailedEvent.objects.filter(pk=failed.pk).update(attempts=failed.attempts + attempts, **fields)
+            # A replay that failed again: its audit row says so.
+            FailedEventReplay.objects.filter(
+                failed_event=failed,
+                action=FailedEventReplay.Action.REPLAY,
+                outcome=FailedEventReplay.Outcome.PENDING,
+            ).update(outcome=FailedEventReplay.Outcome.FAILED, finished_at=now)
     logger.error(
         "recorded dead letter of %s: event %s, %s: %s",
         subscriber.name,

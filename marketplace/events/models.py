@@ -85,6 +85,10 @@ class FailedEvent(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.FAILED, db_index=True)
     exception_class = models.CharField(max_length=200, db_index=True)
     exception_message = models.TextField(blank=True)
+    # Failures alike enough to share a cause: subscriber x exception class x this message with its
+    # ids, numbers and URL paths masked (events/failure_groups.py). group_key hashes the three.
+    message_pattern = models.CharField(max_length=500, blank=True)
+    group_key = models.CharField(max_length=16, blank=True, db_index=True)
     traceback = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=1)
     first_failed_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -112,17 +116,63 @@ class FailedEvent(models.Model):
 
 
 class FailedEventReplay(models.Model):
-    """Audit trail: who asked for which failed event to be replayed, and how."""
+    """Audit trail: who asked for which failed event to be replayed, how, and what came of it."""
+
+    class Outcome(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed again"
+
+    class Action(models.TextChoices):
+        REPLAY = "replay", "Replay"
+        ARCHIVE = "archive", "Archive"
 
     failed_event = models.ForeignKey(FailedEvent, on_delete=models.CASCADE, related_name="replays")
+    action = models.CharField(max_length=10, choices=Action.choices, default=Action.REPLAY)
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     requested_at = models.DateTimeField(auto_now_add=True)
-    via = models.CharField(max_length=20, choices=[("admin", "Admin"), ("command", "Command line")])
+    via = models.CharField(
+        max_length=20, choices=[("admin", "Admin"), ("admin-group", "Admin, whole group"), ("command", "Command line")]
+    )
+    outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.PENDING)
+    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-requested_at"]
 
     def __str__(self):
-        return f"replay of {self.failed_event_id} via {self.via}"
+        return f"{self.action} of {self.failed_event_id} via {self.via}"
+
+
+class DeliveryAttempt(models.Model):
+    """One attempt of a subscriber at an event that did not simply succeed the first time: a
+    failure (then retried, waited out or dead-lettered), or the success that followed failures or
+    a replay. First-time successes are not recorded (ProcessedEvent has their time)."""
+
+    class Outcome(models.TextChoices):
+        RETRYING = "retrying", "Failed, retry scheduled"
+        WAITING = "waiting", "Database unavailable, waiting"
+        DEAD_LETTERED = "dead_lettered", "Failed, dead-lettered"
+        SUCCEEDED = "succeeded", "Succeeded"
+
+    subscriber = models.CharField(max_length=100)
+    event_id = models.UUIDField(null=True, blank=True)
+    task_id = models.CharField(max_length=64, blank=True)
+    attempt = models.PositiveIntegerField(help_text="1 for the first delivery; retries and replays count on.")
+    started_at = models.DateTimeField()
+    duration_ms = models.FloatField()
+    worker = models.CharField(max_length=200, blank=True)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices)
+    error = models.TextField(blank=True)
+    replay_of = models.ForeignKey(
+        FailedEvent, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
+
+    class Meta:
+        ordering = ["started_at"]
+        indexes = [models.Index(fields=["subscriber", "event_id"], name="attempts_by_subscriber_event")]
+
+    def __str__(self):
+        return f"{self.subscriber} {self.event_id} attempt {self.attempt}: {self.outcome}"

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 from django.db import transaction
+from django.utils import timezone
 
 from marketplace.celery import app, confirming_producer
 from marketplace.events import dead_letters, topology
@@ -44,6 +48,71 @@ def failed_event_replay(*, failed_event: FailedEvent, requested_by=None, via: st
     failed_event.status = FailedEvent.Status.REPLAYING
 
 
-def failed_event_archive(*, failed_event: FailedEvent) -> None:
+def failed_event_archive(*, failed_event: FailedEvent, requested_by=None, via: str = "admin") -> None:
     """Stop tracking a failure; the recorder removes its message from the dead-letter queue."""
-    FailedEvent.objects.filter(pk=failed_event.pk).update(status=FailedEvent.Status.ARCHIVED)
+    with transaction.atomic():
+        FailedEvent.objects.filter(pk=failed_event.pk).update(status=FailedEvent.Status.ARCHIVED)
+        FailedEventReplay.objects.create(
+            failed_event=failed_event,
+            action=FailedEventReplay.Action.ARCHIVE,
+            requested_by=requested_by,
+            via=via,
+            outcome=FailedEventReplay.Outcome.SUCCEEDED,
+            finished_at=timezone.now(),
+        )
+    failed_event.status = FailedEvent.Status.ARCHIVED
+
+
+def replay_finished(*, failed_event_id: int, succeeded: bool) -> None:
+    """Record what came of the failed event's pending replay."""
+    FailedEventReplay.objects.filter(
+        failed_event_id=failed_event_id,
+        action=FailedEventReplay.Action.REPLAY,
+        outcome=FailedEventReplay.Outcome.PENDING,
+    ).update(
+        outcome=FailedEventReplay.Outcome.SUCCEEDED if succeeded else FailedEventReplay.Outcome.FAILED,
+        finished_at=timezone.now(),
+    )
+
+
+def _members(key: str, statuses) -> Iterator[FailedEvent]:
+    yield from FailedEvent.objects.filter(group_key=key, status__in=statuses).order_by("id").iterator(chunk_size=200)
+
+
+@dataclass
+class GroupOutcome:
+    done: int = 0
+    skipped: int = 0
+
+
+def failure_group_steps(*, key: str, action: str, requested_by=None) -> Iterator[GroupOutcome]:
+    """Replay (the failed members not already replaying) or archive (every open member) of a
+    failure group, one event at a time, each audited on its own; yields the running tally."""
+    outcome = GroupOutcome()
+    statuses = [FailedEvent.Status.FAILED] if action == "replay" else REPLAYABLE
+    for failed_event in _members(key, statuses):
+        if action == "replay":
+            try:
+                failed_event_replay(failed_event=failed_event, requested_by=requested_by, via="admin-group")
+                outcome.done += 1
+            except NotReplayable:
+                outcome.skipped += 1
+        else:
+            failed_event_archive(failed_event=failed_event, requested_by=requested_by, via="admin-group")
+            outcome.done += 1
+        yield outcome
+
+
+def failure_group_replay(*, key: str, requested_by=None) -> GroupOutcome:
+    return _last(failure_group_steps(key=key, action="replay", requested_by=requested_by))
+
+
+def failure_group_archive(*, key: str, requested_by=None) -> GroupOutcome:
+    return _last(failure_group_steps(key=key, action="archive", requested_by=requested_by))
+
+
+def _last(steps: Iterator[GroupOutcome]) -> GroupOutcome:
+    outcome = GroupOutcome()
+    for outcome in steps:  # noqa: B007 - the last tally is the result
+        pass
+    return outcome

@@ -6,8 +6,10 @@ A subscriber is a plain handler function plus a thin task declared with ``subscr
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import httpx
@@ -21,7 +23,8 @@ from marketplace import metrics
 from marketplace.celery import app, confirming_producer
 from marketplace.events import dead_letters, topology
 from marketplace.events.envelope import InvalidEnvelope, validate_envelope
-from marketplace.events.models import FailedEvent, ProcessedEvent
+from marketplace.events.models import DeliveryAttempt, FailedEvent, ProcessedEvent
+from marketplace.events.services import replay_finished
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +110,36 @@ class SubscriberTask(Task):
         policy = settings.SUBSCRIBER_RETRY[self.subscriber]
         if isinstance(exc, TRANSIENT_ERRORS) and attempts <= policy["max_retries"]:
             delay = topology.retry_delay(attempts - 1, **policy)
-            raise self._retry_in(delay, exc, headers | {dead_letters.ATTEMPTS: attempts})
+            retry = self._retry_in(delay, exc, headers | {dead_letters.ATTEMPTS: attempts})
+            self._record_attempt(DeliveryAttempt.Outcome.RETRYING, exc)
+            raise retry
         self._dead_letter(exc, headers | {dead_letters.ATTEMPTS: attempts}, first_failed_at)
+        self._record_attempt(DeliveryAttempt.Outcome.DEAD_LETTERED, exc)
         raise exc
+
+    def _record_attempt(self, outcome: str, exc: BaseException | None = None) -> None:
+        """Delivery history (events/models.py DeliveryAttempt): best effort, never in the way of
+        the retry or dead letter already published."""
+        request = self.request
+        started = getattr(self, "attempt_started", None) or time.time()
+        replay_of = _header(request, dead_letters.REPLAY_OF, "")
+        try:
+            DeliveryAttempt.objects.create(
+                subscriber=self.subscriber,
+                event_id=dead_letters.event_uuid(request.args[0] if request.args else None),
+                task_id=request.id or "",
+                attempt=int(_header(request, dead_letters.ATTEMPTS, 0))
+                + int(_header(request, dead_letters.INFRA_WAITS, 0))
+                + 1,
+                started_at=datetime.fromtimestamp(started, UTC),
+                duration_ms=round((time.time() - started) * 1000, 3),
+                worker=request.hostname or "",
+                outcome=outcome,
+                error="" if exc is None else f"{dead_letters.exception_name(exc)}: {exc}"[:10_000],
+                replay_of_id=int(replay_of) if str(replay_of).isdigit() else None,
+            )
+        except (DatabaseError, ValueError):
+            logger.warning("could not record the delivery attempt of %s", request.id, exc_info=True)
 
     def _may_wait_for_infrastructure(self, request) -> bool:
         since = dead_letters.parse_time(_header(request, dead_letters.WAITING_SINCE, None))
@@ -172,6 +202,7 @@ class SubscriberTask(Task):
             FailedEvent.objects.filter(
                 pk=int(replay_of), status__in=[FailedEvent.Status.FAILED, FailedEvent.Status.REPLAYING]
             ).update(status=FailedEvent.Status.RESOLVED, resolved_at=timezone.now())
+            replay_finished(failed_event_id=int(replay_of), succeeded=True)
         except (DatabaseError, ValueError):
             logger.exception("replay of failed event %s succeeded but could not be marked resolved", replay_of)
 
@@ -191,6 +222,7 @@ def subscriber_task(name: str) -> Callable[[Callable[[dict[str, Any]], Any]], Ta
 
     def decorate(run: Callable[[dict[str, Any]], Any]) -> Task:
         def task(self: SubscriberTask, *args: Any, **kwargs: Any) -> Any:
+            self.attempt_started = time.time()
             try:
                 if len(args) != 1 or kwargs:
                     raise InvalidEnvelope(

@@ -52,6 +52,9 @@ class Subscriber:
     task: str
     # Event types this subscriber acts on; others reaching its queue are acknowledged and skipped.
     event_types: frozenset[str] = frozenset({"order.placed"})
+    # Dotted path of ``f(envelope) -> list[(label, admin URL)]``: what handling an event produced,
+    # for the operator's trace view (imported only there, so this module imports no app).
+    effects: str = ""
 
     @property
     def queue_name(self) -> str:
@@ -115,9 +118,24 @@ class Subscriber:
 
 # Adding a subscriber: a handler, a task named here, and this entry. Nothing in orders/ changes.
 SUBSCRIBERS: tuple[Subscriber, ...] = (
-    Subscriber("order_confirmation", task="notifications.send_order_confirmation"),
-    Subscriber("seller_notification", task="notifications.notify_sellers"),
-    Subscriber("customer_segmentation", task="segmentation.update_customer_segment"),
+    Subscriber(
+        "order_confirmation",
+        task="notifications.send_order_confirmation",
+        event_types=frozenset({"order.placed", "order.cancelled"}),
+        effects="notifications.selectors.confirmation_effects",
+    ),
+    Subscriber(
+        "seller_notification",
+        task="notifications.notify_sellers",
+        event_types=frozenset({"order.placed", "order.cancelled"}),
+        effects="notifications.selectors.seller_effects",
+    ),
+    Subscriber(
+        "customer_segmentation",
+        task="segmentation.update_customer_segment",
+        event_types=frozenset({"order.placed", "order.cancelled"}),
+        effects="segmentation.selectors.profile_effects",
+    ),
 )
 
 

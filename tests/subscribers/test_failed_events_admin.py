@@ -10,6 +10,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from marketplace.events import topology
+from marketplace.events.failure_groups import grouping_fields, message_pattern
 from marketplace.events.models import FailedEvent, FailedEventReplay
 from tests.conftest import queue_depth
 from tests.factories import BuyerFactory
@@ -28,7 +29,11 @@ def make_failed(subscriber="order_confirmation", exception="builtins.ConnectionE
         "attempts": 6,
         "last_failed_at": timezone.now(),
     }
-    return FailedEvent.objects.create(subscriber=subscriber, exception_class=exception, **{**defaults, **fields})
+    fields = {**defaults, **fields}
+    grouping = grouping_fields(
+        subscriber=subscriber, exception_class=exception, exception_message=fields["exception_message"]
+    )
+    return FailedEvent.objects.create(subscriber=subscriber, exception_class=exception, **grouping, **fields)
 
 
 @pytest.fixture
@@ -57,10 +62,11 @@ def test_changelist_filters_and_counts_per_subscriber_and_exception(staff_client
     make_failed(status=FailedEvent.Status.RESOLVED)
 
     url = reverse("admin:events_failedevent_changelist")
-    page = client.get(url).content.decode()
-    assert "Open failures by subscriber and exception" in page
-    assert "<td>order_confirmation</td><td>builtins.ConnectionError</td><td>2</td>" in page
-    assert "<td>seller_notification</td><td>notifications.handlers.SellerWebhookRejected</td><td>1</td>" in page
+    groups = {(g.subscriber, g.exception_class): g.count for g in client.get(url).context["failure_groups"]}
+    assert groups == {
+        ("order_confirmation", "builtins.ConnectionError"): 2,
+        ("seller_notification", "notifications.handlers.SellerWebhookRejected"): 1,
+    }
 
     for query, expected in [
         ("?subscriber=seller_notification", 1),
@@ -183,3 +189,101 @@ def test_a_dead_letter_of_any_bytes_is_recorded_and_shown(staff_client, client):
     page = client.get(reverse("admin:events_failedevent_change", args=[failed.pk])).content.decode()
     assert "RabbitMQ (delivery_limit) from marketplace.order_confirmation" in page
     assert "x\\x00y" in page
+
+
+@pytest.mark.parametrize(
+    ("message", "pattern"),
+    [
+        (
+            "seller 48 (Acme 7) webhook http://127.0.0.1:8999/hooks/48?sig=ab12 answered 503",
+            "seller <n> (Acme <n>) webhook http://<n>.<n>.<n>.<n>:<n>/<path> answered <n>",
+        ),
+        (
+            "event 5f0c8a4e-1b2d-4c3e-9f8a-7b6c5d4e3f21 for ada@example.com failed",
+            "event <uuid> for <email> failed",
+        ),
+        ("first line 12\nsecond line", "first line <n>"),
+        ("", ""),
+    ],
+)
+def test_a_failure_message_is_grouped_by_its_pattern(message, pattern):
+    assert message_pattern(message) == pattern
+
+
+def _groups_page(client):
+    return client.get(reverse("admin:events_failedevent_groups"))
+
+
+def test_failure_groups_join_failures_that_differ_only_in_ids(staff_client, client):
+    staff_client()
+    for seller in (3, 4, 5):
+        make_failed(subscriber="seller_notification", exception_message=f"seller {seller} webhook answered 503")
+    make_failed(subscriber="seller_notification", exception_message="seller 3 webhook answered 410")
+    make_failed(exception_message="seller 3 webhook answered 503")  # another subscriber: another group
+
+    groups = _groups_page(client).context["groups"]
+
+    assert [(g.subscriber, g.message_pattern, g.count) for g in groups] == [
+        ("seller_notification", "seller <n> webhook answered <n>", 4),
+        ("order_confirmation", "seller <n> webhook answered <n>", 1),
+    ]
+    members = client.get(reverse("admin:events_failedevent_changelist") + f"?group={groups[0].key}")
+    assert members.context["cl"].result_count == 4
+
+
+def test_replaying_a_group_asks_first_then_replays_and_audits_each_event(staff_client, client, empty_queues):
+    user = staff_client("replay_failedevent")
+    members = [
+        make_failed(subscriber="customer_segmentation", exception_message=f"profile {n} locked") for n in range(3)
+    ]
+    already_replaying = make_failed(
+        subscriber="customer_segmentation", exception_message="profile 9 locked", status=FailedEvent.Status.REPLAYING
+    )
+    [group] = _groups_page(client).context["groups"]
+    url = reverse("admin:events_failedevent_group_action", args=[group.key, "replay"])
+
+    question = client.get(url)
+    assert question.status_code == 200
+    assert "<strong>4</strong> open failed event(s)" in question.content.decode()
+    assert not FailedEventReplay.objects.exists(), "asking changes nothing"
+
+    client.post(url)
+
+    for failed in members:
+        failed.refresh_from_db()
+        assert failed.status == FailedEvent.Status.REPLAYING
+    audit = FailedEventReplay.objects.all()
+    assert sorted(entry.failed_event_id for entry in audit) == sorted(f.pk for f in members)
+    assert {(entry.via, entry.requested_by, entry.action) for entry in audit} == {("admin-group", user, "replay")}
+    assert not already_replaying.replays.exists(), "a replay already under way is not sent twice"
+    depths = {s.name: queue_depth(empty_queues, s.queue_name) for s in topology.SUBSCRIBERS}
+    assert depths == {"order_confirmation": 0, "seller_notification": 0, "customer_segmentation": 3}
+
+
+def test_group_actions_need_the_replay_permission(staff_client, client):
+    staff_client()
+    make_failed()
+    [group] = _groups_page(client).context["groups"]
+    for action in ("replay", "archive"):
+        url = reverse("admin:events_failedevent_group_action", args=[group.key, action])
+        assert client.get(url).status_code == 403
+        assert client.post(url).status_code == 403
+    assert FailedEvent.objects.get().status == FailedEvent.Status.FAILED
+
+
+def test_a_large_group_is_archived_with_a_progress_page(staff_client, client, monkeypatch):
+    monkeypatch.setattr("marketplace.events.admin.GROUP_PROGRESS_FROM", 2)
+    user = staff_client("replay_failedevent")
+    for n in range(3):
+        make_failed(exception_message=f"order {n} timed out")
+    [group] = _groups_page(client).context["groups"]
+
+    response = client.post(reverse("admin:events_failedevent_group_action", args=[group.key, "archive"]))
+
+    assert response.streaming
+    page = b"".join(response.streaming_content).decode()
+    assert "Archived 3 event(s)" in page
+    assert set(FailedEvent.objects.values_list("status", flat=True)) == {FailedEvent.Status.ARCHIVED}
+    audit = FailedEventReplay.objects.all()
+    assert len(audit) == 3
+    assert {(entry.action, entry.requested_by) for entry in audit} == {("archive", user)}

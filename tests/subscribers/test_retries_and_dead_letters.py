@@ -11,7 +11,7 @@ from kombu import Connection
 
 from marketplace.events import dead_letters as dead_letter
 from marketplace.events import topology
-from marketplace.events.models import FailedEvent, FailedEventReplay, ProcessedEvent
+from marketplace.events.models import DeliveryAttempt, FailedEvent, FailedEventReplay, ProcessedEvent
 from marketplace.events.services import failed_event_archive, failed_event_replay
 from segmentation.models import CustomerProfile
 from tests.conftest import TEST_RETRY_ENV, eventually, queue_depth, record_dead_letters
@@ -45,7 +45,23 @@ def test_a_subscriber_failing_twice_then_succeeding_retries_with_backoff_on_its_
     for retry in starts[1:]:
         assert retry["delivery_info"] == {"exchange": "", "routing_key": "marketplace.order_confirmation"}
 
-    assert ProcessedEvent.objects.filter(subscriber="order_confirmation", event_id=envelope["id"]).count() == 1
+    # The email is sent before the marker's transaction commits: wait for the commit.
+    eventually(
+        lambda: ProcessedEvent.objects.filter(subscriber="order_confirmation", event_id=envelope["id"]).count() == 1,
+        message="the confirmation's marker",
+    )
+    # The delivery history: each failed attempt, then the success that followed them.
+    history = eventually(
+        lambda: list(DeliveryAttempt.objects.filter(subscriber="order_confirmation", event_id=envelope["id"]))
+        if DeliveryAttempt.objects.filter(outcome="succeeded").exists()
+        else None,
+        message="the delivery history",
+    )
+    assert [(a.attempt, a.outcome) for a in history] == [(1, "retrying"), (2, "retrying"), (3, "succeeded")]
+    assert all(a.worker.startswith("order_confirmation") and a.duration_ms > 0 for a in history), history
+    assert "EmailNotSent" in history[0].error
+    # First-time successes leave no history.
+    assert not DeliveryAttempt.objects.exclude(subscriber="order_confirmation").exists()
     assert len(seller_webhook.accepted()) == 1
     assert eventually(lambda: CustomerProfile.objects.filter(buyer=shop.buyer).exists(), message="segmentation")
     # The other subscribers saw the event exactly once: nothing extra reached their queues.
@@ -148,6 +164,14 @@ def test_replay_after_the_fault_is_fixed_has_its_effect_once(
     assert not FailedEvent.objects.get(pk=failed.pk).in_dead_letter_queue
     audit = list(FailedEventReplay.objects.filter(failed_event=failed).order_by("requested_at"))
     assert [(entry.via, entry.requested_by) for entry in audit] == [("admin", admin_user), ("command", None)]
+    assert {entry.outcome for entry in audit} == {"succeeded"}
+    outcomes = list(
+        DeliveryAttempt.objects.filter(subscriber="seller_notification", event_id=envelope["id"]).values_list(
+            "outcome", "replay_of"
+        )
+    )
+    assert outcomes[: MAX_RETRIES + 1] == [("retrying", None)] * MAX_RETRIES + [("dead_lettered", None)]
+    assert ("succeeded", failed.pk) in outcomes[MAX_RETRIES + 1 :]
     # Replays went to seller_notification's queue only.
     assert len(faults.task_starts(CONFIRMATION)) == 1
     assert len(faults.task_starts(SEGMENTATION)) == 1
@@ -167,6 +191,7 @@ def test_a_replay_that_fails_again_is_marked_failed_with_the_new_error(
 
     record = eventually(lambda: record_dead_letters() and failed_again(), timeout=20, message="the replay to fail")
     assert record.exception_class == "notifications.handlers.SellerWebhookRejected"
+    assert [entry.outcome for entry in record.replays.all()] == ["failed"]
     assert record.attempts == MAX_RETRIES + 2  # a permanent failure is not retried
     assert len(faults.task_starts(SELLERS)) == MAX_RETRIES + 2
     # One open failure, one message in the dead-letter queue (the replayed one was removed).
