@@ -41,7 +41,7 @@ from django.utils import timezone
 from kombu import Connection
 
 from marketplace.events import dead_letters, topology
-from marketplace.events.models import FailedEvent, FailedEventReplay, OutboxEvent, ProcessedEvent
+from marketplace.events.models import DeliveryAttempt, FailedEvent, FailedEventReplay, OutboxEvent, ProcessedEvent
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ CLOSED = (FailedEvent.Status.RESOLVED, FailedEvent.Status.ARCHIVED)
 OUTBOX = "outbox events"
 PROCESSED = "processed-event markers"
 FAILED = "failed events"
+ATTEMPTS = "delivery attempts"
 
 
 class RetentionMisconfigured(ValueError):
@@ -157,6 +158,15 @@ def prunable_failed_events(*, before: datetime) -> models.QuerySet[FailedEvent]:
     )
 
 
+def prunable_delivery_attempts(*, before: datetime) -> models.QuerySet[DeliveryAttempt]:
+    """Attempts made before ``before`` (the failed events' horizon: the history lives as long as
+    the failures it explains), but none of an event with an open failure at its subscriber."""
+    open_failure = FailedEvent.objects.filter(
+        subscriber=OuterRef("subscriber"), event_id=OuterRef("event_id"), status__in=OPEN
+    )
+    return DeliveryAttempt.objects.filter(started_at__lt=before).filter(~Exists(open_failure))
+
+
 # --- pruning ----------------------------------------------------------------------------------
 
 
@@ -205,6 +215,7 @@ def prune_events(
         ),
         # Few rows (failures only): no bound needed.
         run(FAILED, prunable_failed_events(before=cutoffs.failed), cutoffs.failed),
+        run(ATTEMPTS, prunable_delivery_attempts(before=cutoffs.failed), cutoffs.failed),
     ]
     return PruneResult(tables=tables, dry_run=dry_run, compacted=compacted)
 

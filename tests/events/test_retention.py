@@ -133,7 +133,7 @@ def test_closed_failures_past_retention_go_with_their_audit_rows_and_open_ones_s
         subscriber="order_confirmation",
         event_id=resolved.event_id,
         attempt=2,
-        started_at=NOW - 92 * DAY,
+        started_at=NOW - 10 * DAY,
         duration_ms=1.0,
         outcome=DeliveryAttempt.Outcome.SUCCEEDED,
         replay_of=resolved,
@@ -157,6 +157,28 @@ def test_closed_failures_past_retention_go_with_their_audit_rows_and_open_ones_s
     assert result.tables[2].cascaded == {FailedEventReplay._meta.label: 2}
     attempt.refresh_from_db()
     assert attempt.replay_of_id is None
+
+
+def attempt(*, age: timedelta, event_id=None) -> DeliveryAttempt:
+    return DeliveryAttempt.objects.create(
+        subscriber="order_confirmation",
+        event_id=event_id or uuid.uuid4(),
+        attempt=1,
+        started_at=NOW - age,
+        duration_ms=1.0,
+        outcome=DeliveryAttempt.Outcome.RETRYING,
+    )
+
+
+def test_delivery_history_goes_with_the_failures_it_explains_not_while_one_is_open(db):
+    old, recent = attempt(age=91 * DAY), attempt(age=89 * DAY)
+    still_failing = failed_event(status=FailedEvent.Status.FAILED, age=200 * DAY)
+    of_open_failure = attempt(age=200 * DAY, event_id=still_failing.event_id)
+
+    result = prune()
+
+    assert remaining(DeliveryAttempt, [old, recent, of_open_failure]) == {recent.pk, of_open_failure.pk}
+    assert [t.deleted for t in result.tables if t.table == retention.ATTEMPTS] == [1]
 
 
 # --- batches, dry run, concurrency -----------------------------------------------------------
@@ -186,6 +208,7 @@ def test_dry_run_counts_and_deletes_nothing(db):
         (retention.OUTBOX, 3),
         (retention.PROCESSED, 2),
         (retention.FAILED, 1),
+        (retention.ATTEMPTS, 0),
     ]
     assert len(remaining(OutboxEvent, outboxed)) == 3
     assert len(remaining(ProcessedEvent, markers)) == 2
