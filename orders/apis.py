@@ -20,6 +20,7 @@ from orders.serializers import (
     IdempotencyKeyReusedProblemSerializer,
     InsufficientStockProblemSerializer,
     OrderInputSerializer,
+    OrderNotCancellableProblemSerializer,
     OrderOutputSerializer,
     ProductOutputSerializer,
 )
@@ -58,6 +59,8 @@ RETRY_AFTER = OpenApiParameter(
     description=f"Seconds to wait before retrying ({DATABASE_RETRY_AFTER_SECONDS}).",
 )
 NOT_AUTHENTICATED = {(401, PROBLEM_CONTENT_TYPE): _problem("Missing or bad token.")}
+ORDER_ID = OpenApiParameter("order_id", {"type": "integer", "minimum": 1, "maximum": MAX_ID}, OpenApiParameter.PATH)
+NOT_ONE_OF_MY_ORDERS = {(404, PROBLEM_CONTENT_TYPE): _problem("No such order among yours (or not an order id at all).")}
 PAGE_PROBLEMS = {
     (400, PROBLEM_CONTENT_TYPE): _problem("Invalid query parameter, e.g. `page` not an integer from 1."),
     (404, PROBLEM_CONTENT_TYPE): _problem("`page` is past the last page."),
@@ -207,14 +210,11 @@ class OrderDetailApi(generics.GenericAPIView):
 
     @extend_schema(
         summary="One of my orders",
-        parameters=[
-            OpenApiParameter("order_id", {"type": "integer", "minimum": 1, "maximum": MAX_ID}, OpenApiParameter.PATH),
-            RETRY_AFTER,
-        ],
+        parameters=[ORDER_ID, RETRY_AFTER],
         responses={
             (200, JSON): OrderOutputSerializer,
             **NOT_AUTHENTICATED,
-            (404, PROBLEM_CONTENT_TYPE): _problem("No such order among yours (or not an order id at all)."),
+            **NOT_ONE_OF_MY_ORDERS,
             **DATABASE_UNAVAILABLE,
         },
     )
@@ -223,3 +223,34 @@ class OrderDetailApi(generics.GenericAPIView):
         if order is None:
             raise NotFound("No such order.")
         return Response(OrderOutputSerializer(order).data)
+
+
+class OrderCancelApi(generics.GenericAPIView):
+    serializer_class = OrderOutputSerializer
+
+    @extend_schema(
+        operation_id="orders_cancel",
+        summary="Cancel one of my orders",
+        description=(
+            "While the order is `placed`: gives back the stock of every line and marks the order "
+            "`cancelled` in one transaction, then publishes one `order.cancelled` event. Cancelling "
+            "an order that is already cancelled answers the same and changes nothing, so a retry is "
+            "safe. From any other state the order cannot be cancelled (409)."
+        ),
+        request=None,
+        parameters=[ORDER_ID, RETRY_AFTER],
+        responses={
+            (200, JSON): OpenApiResponse(OrderOutputSerializer, description="The order, cancelled now or before."),
+            **NOT_AUTHENTICATED,
+            **NOT_ONE_OF_MY_ORDERS,
+            (409, PROBLEM_CONTENT_TYPE): _problem(
+                "The order is in a state it cannot be cancelled from.", OrderNotCancellableProblemSerializer
+            ),
+            **DATABASE_UNAVAILABLE,
+        },
+    )
+    def post(self, request, order_id: int):
+        cancelled = services.order_cancel(
+            order_id=order_id, buyer=request.user, cancelled_by="buyer", correlation_id=request.request_id
+        )
+        return Response(OrderOutputSerializer(cancelled.order).data)

@@ -40,16 +40,28 @@ class Product(models.Model):
 class Order(models.Model):
     class Status(models.TextChoices):
         PLACED = "placed", "Placed"
+        CANCELLED = "cancelled", "Cancelled"
 
     buyer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="orders")
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PLACED, db_index=True)
     total = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0.00"))
     currency = models.CharField(max_length=3)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["buyer", "-created_at"], name="order_buyer_recent_idx")]
+        constraints = [
+            # order_cancel sets both at once; the order.cancelled event carries cancelled_at.
+            models.CheckConstraint(
+                condition=~Q(status="cancelled") | Q(cancelled_at__isnull=False),
+                name="cancelled_order_has_cancelled_at",
+            ),
+        ]
+        # Staff cancel orders with an admin action (it restores stock and publishes order.cancelled),
+        # a right of its own: "change" does not grant it, and nothing else in the admin changes an order.
+        permissions = [("cancel_order", "Can cancel orders")]
 
     def __str__(self):
         return f"Order #{self.pk}"

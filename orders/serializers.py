@@ -111,3 +111,7 @@ class InsufficientStockProblemSerializer(ProblemSerializer):
 
 class IdempotencyKeyReusedProblemSerializer(ProblemSerializer):
     order = serializers.IntegerField(help_text="The order this key already placed.")
+
+
+class OrderNotCancellableProblemSerializer(ProblemSerializer):
+    order_status = serializers.CharField(help_text="The state the order is in, from which it cannot be cancelled.")

@@ -41,6 +41,30 @@ class IdempotencyKeyReused(UnprocessableRequest):
     title = "Idempotency key reused"
 
 
+class OrderNotFound(DomainError):
+    # The same problem as any other unknown API resource: another buyer's order is "not found" too,
+    # so that a buyer cannot learn which order ids exist.
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class OrderNotCancellable(Conflict):
+    slug = "order-not-cancellable"
+    title = "Order not cancellable"
+
+
+@dataclass(frozen=True)
+class CancelledOrder:
+    order: Order  # with its lines loaded
+    already_cancelled: bool = False  # an earlier call cancelled it; this one changed nothing
+
+
+# Where a cancel may start from. Any other state (a future "shipped", say) is a conflict, so a new
+# state is not cancellable until someone decides it is and says how its stock comes back.
+CANCELLABLE_STATUSES = frozenset({Order.Status.PLACED})
+
+
 def request_fingerprint(lines: list[LineRequest]) -> str:
     canonical = json.dumps(sorted((line.product_id, line.quantity) for line in lines))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -85,6 +109,55 @@ def order_place(
         enqueue_event(order_placed_envelope(order=order, correlation_id=correlation_id))
     metrics.count_order_placed()  # after the commit; idempotent replays returned above
     return PlacedOrder(order=order)
+
+
+def order_cancel(
+    *,
+    order_id: int,
+    cancelled_by: CancelledBy,
+    correlation_id: str,
+    buyer: AbstractBaseUser | None = None,
+) -> CancelledOrder:
+    """Cancel a placed order: give back every line's stock, mark it cancelled and save its
+    ``order.cancelled`` event, atomically. ``buyer`` limits the search to that buyer's orders (the
+    API: anyone else's is OrderNotFound); staff pass none.
+
+    Cancelling a cancelled order changes nothing and publishes nothing (``already_cancelled``), so
+    a retried request gets the same answer. Raises OrderNotCancellable from any other state.
+
+    The order row is locked first, so concurrent cancels of one order run one after the other and
+    every later one finds it cancelled: the stock comes back once. The products are then locked in
+    id order, as order_create locks them, so a cancel and new orders for the same products wait for
+    each other instead of deadlocking, and every stock change is made under its row's lock.
+    """
+    with transaction.atomic():
+        # of=("self",): FOR UPDATE OF the order alone, not the buyer row that select_related joins.
+        orders = Order.objects.select_for_update(of=("self",)).select_related("buyer")
+        if buyer is not None:
+            orders = orders.filter(buyer=buyer)
+        order = orders.filter(pk=order_id).first()
+        if order is None:
+            raise OrderNotFound("No such order.")
+        lines = list(order.lines.all())
+        _prefetched(order, "lines", lines)
+        if order.status == Order.Status.CANCELLED:
+            return CancelledOrder(order=order, already_cancelled=True)
+        if order.status not in CANCELLABLE_STATUSES:
+            raise OrderNotCancellable(
+                f"Order {order.pk} is {order.status}; only a placed order can be cancelled.",
+                order_status=order.status,
+            )
+
+        locked = Product.objects.select_for_update().filter(pk__in=sorted({line.product_id for line in lines}))
+        products = {product.pk: product for product in locked.order_by("pk")}
+        for line in lines:
+            products[line.product_id].stock += line.quantity
+        _save_stock(products.values())
+        order.status = Order.Status.CANCELLED
+        order.cancelled_at = timezone.now()
+        order.save(update_fields=["status", "cancelled_at"])
+        enqueue_event(order_cancelled_envelope(order=order, cancelled_by=cancelled_by, correlation_id=correlation_id))
+    return CancelledOrder(order=order)
 
 
 def order_create(*, buyer: AbstractBaseUser, lines: list[LineRequest]) -> Order:

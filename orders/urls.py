@@ -17,4 +17,5 @@ urlpatterns = [
     *with_and_without_slash("products/", apis.ProductListApi, "product-list"),
     *with_and_without_slash("orders/", apis.OrderListCreateApi, "order-list"),
     *with_and_without_slash("orders/<int:order_id>/", apis.OrderDetailApi, "order-detail"),
+    *with_and_without_slash("orders/<int:order_id>/cancel/", apis.OrderCancelApi, "order-cancel"),
 ]

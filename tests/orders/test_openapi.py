@@ -36,7 +36,12 @@ def test_schema_generation_has_no_warnings():
 def test_the_served_schema_is_valid_and_public(schema):
     validate_schema(schema)
     # Each operation once: the routes without a trailing slash are not documented twice.
-    assert set(schema["paths"]) == {"/api/products/", "/api/orders/", "/api/orders/{order_id}/"}
+    assert set(schema["paths"]) == {
+        "/api/products/",
+        "/api/orders/",
+        "/api/orders/{order_id}/",
+        "/api/orders/{order_id}/cancel/",
+    }
 
 
 def test_placing_an_order_documents_every_outcome(schema):
@@ -69,7 +74,7 @@ def test_the_idempotency_key_constraints_are_documented(schema):
 def test_every_operation_has_a_summary_and_documents_a_503_with_retry_after(schema):
     operations = [operation for path in schema["paths"].values() for operation in path.values()]
 
-    assert len(operations) == 4
+    assert len(operations) == 5
     for operation in operations:
         assert operation["summary"], operation["operationId"]
         unavailable = operation["responses"]["503"]
