@@ -1,4 +1,14 @@
-"""Buyer order confirmations and seller notifications: plain functions, one call per event.
+"""Buyer and seller notifications of an order placed or cancelled: plain functions, one call per event.
+
+order.placed: the buyer's confirmation email (send_order_confirmation), each seller's new-order
+notification (notify_sellers). order.cancelled: the buyer's cancellation email
+(send_order_cancellation), each seller's cancellation notice (notify_sellers_of_cancellation).
+Both kinds go through the same machinery below, with their own Notification kind.
+
+Events can arrive out of order (an order.placed retried after its order.cancelled). Every
+notification of one order takes a transaction-scoped lock on the order first, and a new-order
+message is not sent to whoever was already told of the cancellation: nobody hears "confirmed"
+after "cancelled".
 
 Exactly-once effect: the marker row (ProcessedEvent / Notification) is inserted, the message is
 sent, and only then does the transaction commit. A failed send rolls the marker back so a retry
@@ -19,6 +29,7 @@ import hmac
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -37,6 +48,9 @@ logger = logging.getLogger(__name__)
 
 ORDER_CONFIRMATION = "order_confirmation"
 SELLER_NOTIFICATION = "seller_notification"
+# The event types these handlers understand (the contract's names: docs/events.md).
+ORDER_PLACED = "order.placed"
+ORDER_CANCELLED = "order.cancelled"
 # How much of a refusing seller's answer goes into the failure message: their reason, not a page.
 REJECTION_BODY_CHARS = 200
 
@@ -68,35 +82,93 @@ class UnknownSeller(Exception):
 def send_order_confirmation(*, envelope: dict[str, Any]) -> bool:
     """Email the buyer their order: lines and total. Returns False if it was already sent."""
     order = envelope["data"]
+    return _email_buyer_once(
+        envelope,
+        kind=Notification.Kind.ORDER_CONFIRMATION,
+        subject=f"Your order #{order['order_id']} is confirmed",
+        body=(
+            f"Hello {order['buyer']['name']},\n\nThank you for your order #{order['order_id']}.\n\n"
+            f"{_buyer_listing(order)}\n\nTotal: {order['total']} {order['currency']}\n"
+        ),
+        what="confirmation",
+        superseded_by=Notification.Kind.ORDER_CANCELLATION,
+    )
+
+
+def send_order_cancellation(*, envelope: dict[str, Any]) -> bool:
+    """Email the buyer that their order was cancelled, and what it held. Returns False if already sent."""
+    order = envelope["data"]
+    by = "at your request" if order["cancelled_by"] == "buyer" else "by our staff"
+    return _email_buyer_once(
+        envelope,
+        kind=Notification.Kind.ORDER_CANCELLATION,
+        subject=f"Your order #{order['order_id']} is cancelled",
+        body=(
+            f"Hello {order['buyer']['name']},\n\nYour order #{order['order_id']} was cancelled {by}.\n\n"
+            f"{_buyer_listing(order)}\n\nTotal: {order['total']} {order['currency']}\n"
+        ),
+        what="cancellation",
+    )
+
+
+def _buyer_listing(order: dict[str, Any]) -> str:
+    return "\n".join(
+        f"  {line['quantity']} x {line['name']} ({line['sku']}) @ {line['unit_price']} = {line['line_total']}"
+        for line in order["lines"]
+    )
+
+
+def _email_buyer_once(
+    envelope: dict[str, Any], *, kind: str, subject: str, body: str, what: str, superseded_by: str | None = None
+) -> bool:
+    """Marker, send, record, commit: the buyer gets this event's email once. False if already sent,
+    or if the order's ``superseded_by`` email was (then it is never sent)."""
+    order = envelope["data"]
     buyer = order["buyer"]
     with transaction.atomic():
+        _lock_order(order["order_id"])
         if not claim_event(subscriber=ORDER_CONFIRMATION, event_id=envelope["id"]):
             return False
-        lines = "\n".join(
-            f"  {line['quantity']} x {line['name']} ({line['sku']}) @ {line['unit_price']} = {line['line_total']}"
-            for line in order["lines"]
-        )
+        if superseded_by and Notification.objects.filter(order_id=order["order_id"], kind=superseded_by).exists():
+            logger.info("order %s: %s not sent, the buyer was told it is cancelled", order["order_id"], what)
+            return False
         _send_email(
             EmailMessage(
-                subject=f"Your order #{order['order_id']} is confirmed",
-                body=(
-                    f"Hello {buyer['name']},\n\nThank you for your order #{order['order_id']}.\n\n{lines}\n\n"
-                    f"Total: {order['total']} {order['currency']}\n"
-                ),
-                to=[buyer["email"]],
-                headers={"X-Marketplace-Event-Id": envelope["id"]},
+                subject=subject, body=body, to=[buyer["email"]], headers={"X-Marketplace-Event-Id": envelope["id"]}
             ),
-            failure=f"order #{order['order_id']} confirmation to the buyer via {_mail_server()}",
+            failure=f"order #{order['order_id']} {what} to the buyer via {_mail_server()}",
         )
         Notification.objects.create(
             event_id=envelope["id"],
-            kind=Notification.Kind.ORDER_CONFIRMATION,
+            kind=kind,
             channel=Notification.Channel.EMAIL,
             recipient=buyer["email"],
             order_id=order["order_id"],
         )
-    logger.info("order %s: confirmation emailed to %s", order["order_id"], buyer["email"])
+    logger.info("order %s: %s emailed to %s", order["order_id"], what, buyer["email"])
     return True
+
+
+# What a seller's email says: (seller, order data, their lines as text, their total) -> (subject, body).
+SellerEmail = Callable[[SellerContact, dict[str, Any], str, str], tuple[str, str]]
+
+
+def _new_order_email(seller: SellerContact, order: dict[str, Any], listing: str, seller_total: str) -> tuple[str, str]:
+    return (
+        f"New order #{order['order_id']}",
+        f"Hello {seller.name},\n\nOrder #{order['order_id']} includes your products:\n\n{listing}\n\n"
+        f"Your total: {seller_total} {order['currency']}\n",
+    )
+
+
+def _cancelled_order_email(
+    seller: SellerContact, order: dict[str, Any], listing: str, seller_total: str
+) -> tuple[str, str]:
+    return (
+        f"Order #{order['order_id']} cancelled",
+        f"Hello {seller.name},\n\nOrder #{order['order_id']} was cancelled. Do not ship your products in it:\n\n"
+        f"{listing}\n\nYour total was: {seller_total} {order['currency']}\n",
+    )
 
 
 def notify_sellers(*, envelope: dict[str, Any]) -> int:
@@ -106,6 +178,23 @@ def notify_sellers(*, envelope: dict[str, Any]) -> int:
     exception names them all: transient (retried) if any of the failures was, else permanent.
     A retry notifies only the sellers not yet notified.
     """
+    return _notify_each_seller(
+        envelope,
+        kind=Notification.Kind.SELLER_ORDER,
+        email=_new_order_email,
+        superseded_by=Notification.Kind.SELLER_ORDER_CANCELLED,
+    )
+
+
+def notify_sellers_of_cancellation(*, envelope: dict[str, Any]) -> int:
+    """Tell each seller in a cancelled order that their own lines are cancelled; like notify_sellers
+    (same channels, independence, failures and retries). Returns how many were notified now."""
+    return _notify_each_seller(envelope, kind=Notification.Kind.SELLER_ORDER_CANCELLED, email=_cancelled_order_email)
+
+
+def _notify_each_seller(
+    envelope: dict[str, Any], *, kind: str, email: SellerEmail, superseded_by: str | None = None
+) -> int:
     order = envelope["data"]
     lines_by_seller: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for line in order["lines"]:
@@ -122,7 +211,7 @@ def notify_sellers(*, envelope: dict[str, Any]) -> int:
         seller = sellers[seller_id]
         try:
             with transaction.atomic():
-                if _notify_seller_once(seller, envelope, lines):
+                if _notify_seller_once(seller, envelope, lines, kind=kind, email=email, superseded_by=superseded_by):
                     notified += 1
                 if seller_id == last_seller_id and not failures:
                     # Every seller is notified once the last one is (when none failed before it),
@@ -133,7 +222,13 @@ def notify_sellers(*, envelope: dict[str, Any]) -> int:
         except Exception as exc:
             logger.warning("order %s: %s", order["order_id"], _failure_text(seller, exc))
             failures.append((seller, exc))
-    logger.info("order %s: notified %d of %d seller(s)", order["order_id"], notified, len(lines_by_seller))
+    logger.info(
+        "order %s: notified %d of %d seller(s) of %s",
+        order["order_id"],
+        notified,
+        len(lines_by_seller),
+        envelope["type"],
+    )
     if len(failures) == 1:
         # Raised as it is: its class says what went wrong (the failed-events admin groups by it).
         raise failures[0][1]
@@ -149,35 +244,67 @@ def notify_sellers(*, envelope: dict[str, Any]) -> int:
     return notified
 
 
-def _notify_seller_once(seller: SellerContact, envelope: dict[str, Any], lines: list[dict[str, Any]]) -> bool:
-    """Within the caller's transaction, notify the seller unless they already were; True if sent now."""
+def _notify_seller_once(
+    seller: SellerContact,
+    envelope: dict[str, Any],
+    lines: list[dict[str, Any]],
+    *,
+    kind: str,
+    email: SellerEmail,
+    superseded_by: str | None,
+) -> bool:
+    """Within the caller's transaction, notify the seller unless they already were, or were already
+    sent the order's ``superseded_by`` notification; True if sent now."""
+    order_id = envelope["data"]["order_id"]
+    _lock_order(order_id)
+    if (
+        superseded_by
+        and Notification.objects.filter(order_id=order_id, kind=superseded_by, seller_id=seller.id).exists()
+    ):
+        logger.info("order %s: seller %s was told it is cancelled; not told of it as new", order_id, seller.id)
+        return False
     notification = Notification(
         event_id=envelope["id"],
-        kind=Notification.Kind.SELLER_ORDER,
+        kind=kind,
         seller_id=seller.id,
         channel=Notification.Channel.WEBHOOK if seller.webhook_url else Notification.Channel.EMAIL,
         recipient=seller.webhook_url or seller.email,
-        order_id=envelope["data"]["order_id"],
+        order_id=order_id,
     )
     if not insert_once(notification):
         return False
     if seller.webhook_url:
         _post_webhook(seller, envelope, lines)
     else:
-        _email_seller(seller, envelope, lines)
+        _email_seller(seller, envelope, lines, email)
     return True
 
 
+def _lock_order(order_id: int) -> None:
+    """Until the caller's transaction ends, take turns with every other notification of this order
+    (a cancellation sent while its order's confirmation is still being sent would be overtaken)."""
+    key = hashlib.sha256(f"notifications:order:{order_id}".encode()).digest()[:8]
+    with transaction.get_connection().cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [int.from_bytes(key, "big", signed=True)])
+
+
 def seller_payload(envelope: dict[str, Any], lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """A seller's webhook body: the event's type and the seller's own lines (and, for a
+    cancellation, when and by whom it was cancelled)."""
     order = envelope["data"]
-    return {
+    payload = {
         "event_id": envelope["id"],
+        "event_type": envelope["type"],
         "order_id": order["order_id"],
+        "status": order["status"],
         "placed_at": order["placed_at"],
         "currency": order["currency"],
         "lines": lines,
         "seller_total": str(sum((Decimal(line["line_total"]) for line in lines), Decimal("0.00"))),
     }
+    if envelope["type"] == ORDER_CANCELLED:
+        payload |= {"cancelled_at": order["cancelled_at"], "cancelled_by": order["cancelled_by"]}
+    return payload
 
 
 def _post_webhook(seller: SellerContact, envelope: dict[str, Any], lines: list[dict[str, Any]]) -> None:
@@ -185,6 +312,7 @@ def _post_webhook(seller: SellerContact, envelope: dict[str, Any], lines: list[d
     headers = {
         "Content-Type": "application/json",
         "X-Marketplace-Event-Id": envelope["id"],
+        "X-Marketplace-Event-Type": envelope["type"],
         "Idempotency-Key": f"{envelope['id']}:{seller.id}",
     }
     if seller.webhook_secret:
@@ -204,22 +332,17 @@ def _post_webhook(seller: SellerContact, envelope: dict[str, Any], lines: list[d
         raise SellerWebhookRejected(f"{answer}: {reason}" if reason else answer)
 
 
-def _email_seller(seller: SellerContact, envelope: dict[str, Any], lines: list[dict[str, Any]]) -> None:
+def _email_seller(
+    seller: SellerContact, envelope: dict[str, Any], lines: list[dict[str, Any]], email: SellerEmail
+) -> None:
     order = envelope["data"]
     payload = seller_payload(envelope, lines)
     listing = "\n".join(
         f"  {line['quantity']} x {line['name']} ({line['sku']}) = {line['line_total']}" for line in lines
     )
+    subject, body = email(seller, order, listing, payload["seller_total"])
     _send_email(
-        EmailMessage(
-            subject=f"New order #{order['order_id']}",
-            body=(
-                f"Hello {seller.name},\n\nOrder #{order['order_id']} includes your products:\n\n{listing}\n\n"
-                f"Your total: {payload['seller_total']} {order['currency']}\n"
-            ),
-            to=[seller.email],
-            headers={"X-Marketplace-Event-Id": envelope["id"]},
-        ),
+        EmailMessage(subject=subject, body=body, to=[seller.email], headers={"X-Marketplace-Event-Id": envelope["id"]}),
         failure=_seller_endpoint(seller),
     )
 

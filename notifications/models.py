@@ -7,6 +7,8 @@ class Notification(models.Model):
     class Kind(models.TextChoices):
         ORDER_CONFIRMATION = "order_confirmation", "Order confirmation (buyer)"
         SELLER_ORDER = "seller_order", "New order (seller)"
+        ORDER_CANCELLATION = "order_cancellation", "Order cancellation (buyer)"
+        SELLER_ORDER_CANCELLED = "seller_order_cancelled", "Order cancelled (seller)"
 
     class Channel(models.TextChoices):
         EMAIL = "email", "Email"

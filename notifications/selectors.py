@@ -10,8 +10,8 @@ from django.utils import timezone
 from notifications.models import Notification
 
 
-def _effects(envelope: dict[str, Any], kind: str) -> list[tuple[str, str]]:
-    notifications = Notification.objects.filter(event_id=envelope["id"], kind=kind).order_by("sent_at")
+def _effects(envelope: dict[str, Any], kinds: list[str]) -> list[tuple[str, str]]:
+    notifications = Notification.objects.filter(event_id=envelope["id"], kind__in=kinds).order_by("sent_at")
     return [
         (
             f"{n.get_kind_display()} by {n.get_channel_display().lower()} to {n.recipient}, "
@@ -23,8 +23,8 @@ def _effects(envelope: dict[str, Any], kind: str) -> list[tuple[str, str]]:
 
 
 def confirmation_effects(envelope: dict[str, Any]) -> list[tuple[str, str]]:
-    return _effects(envelope, Notification.Kind.ORDER_CONFIRMATION)
+    return _effects(envelope, [Notification.Kind.ORDER_CONFIRMATION, Notification.Kind.ORDER_CANCELLATION])
 
 
 def seller_effects(envelope: dict[str, Any]) -> list[tuple[str, str]]:
-    return _effects(envelope, Notification.Kind.SELLER_ORDER)
+    return _effects(envelope, [Notification.Kind.SELLER_ORDER, Notification.Kind.SELLER_ORDER_CANCELLED])

@@ -1,6 +1,19 @@
 from django.contrib import admin
 
-from segmentation.models import CustomerProfile
+from segmentation.models import CustomerOrder, CustomerProfile
+
+
+class CustomerOrderInline(admin.TabularInline):
+    model = CustomerOrder
+    fields = ["order_id", "total", "placed_at", "counted", "cancelled_at", "updated_at"]
+    readonly_fields = fields
+    ordering = ["-order_id"]
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(CustomerProfile)
@@ -9,3 +22,4 @@ class CustomerProfileAdmin(admin.ModelAdmin):
     list_filter = ["segment"]
     search_fields = ["buyer__email"]
     readonly_fields = [f.name for f in CustomerProfile._meta.fields]
+    inlines = [CustomerOrderInline]

@@ -26,14 +26,21 @@ class InvalidEnvelope(ValueError):
 
 
 def build_envelope(
-    *, event_type: str, version: int, data: dict[str, Any], occurred_at: datetime, correlation_id: str
+    *,
+    event_type: str,
+    version: int,
+    data: dict[str, Any],
+    occurred_at: datetime,
+    correlation_id: str,
+    source: str | None = None,
 ) -> dict[str, Any]:
+    """``source`` names the producer (CloudEvents); by default the order service, EVENTS_SOURCE."""
     return {
         "specversion": SPEC_VERSION,
         "id": str(uuid.uuid4()),
         "type": event_type,
         "version": version,
-        "source": settings.EVENTS_SOURCE,
+        "source": source or settings.EVENTS_SOURCE,
         "occurred_at": rfc3339(occurred_at),
         "correlation_id": correlation_id,
         "datacontenttype": CONTENT_TYPE,
