@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "orders",
     "notifications",
     "segmentation",
+    "loyalty",
 ]
 
 MIDDLEWARE = [

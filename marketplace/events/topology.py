@@ -1,11 +1,15 @@
 """The whole messaging topology, declared once.
 
-    publisher ──► marketplace.events (fanout)
+    publishers ──► marketplace.events (fanout)
                     ├──► marketplace.order_confirmation ──(dead letters)──► marketplace.dead-letter (direct)
                     ├──► marketplace.seller_notification        │    ├──► marketplace.<subscriber>.dead
-                    └──► marketplace.customer_segmentation      │    └──► marketplace.dead-letter.recorder
+                    ├──► marketplace.customer_segmentation      │    └──► marketplace.dead-letter.recorder
+                    └──► marketplace.loyalty_rewards            │
                               ▲                                 │
                               └── marketplace.<subscriber>.retry.<N>s (TTL N s, expires back into the queue)
+
+(The publishers: the order service, and any subscriber that emits events of its own through the
+outbox, as customer_segmentation does.)
 
 Every subscriber queue receives each event from the fanout. Retries wait in the subscriber's own
 TTL retry queue (not unacknowledged in a worker) and expire back into that subscriber's queue, so
@@ -135,6 +139,12 @@ SUBSCRIBERS: tuple[Subscriber, ...] = (
         task="segmentation.update_customer_segment",
         event_types=frozenset({"order.placed", "order.cancelled"}),
         effects="segmentation.selectors.profile_effects",
+    ),
+    Subscriber(
+        "loyalty_rewards",
+        task="loyalty.send_reward_code",
+        event_types=frozenset({"customer.segment_changed"}),
+        effects="loyalty.selectors.reward_effects",
     ),
 )
 
