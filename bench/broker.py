@@ -11,7 +11,7 @@ from urllib.parse import quote
 import httpx
 from kombu import Connection, Exchange, Producer, Queue, binding
 
-from bench.config import FLOOR_EXCHANGE, FLOOR_TASK, Target, floor_queue_name
+from bench.config import FLOOR_EXCHANGE, FLOOR_TASK, ORDER_SUBSCRIBERS, Target, floor_queue_name
 from marketplace.events import topology
 
 MANAGEMENT = "http://127.0.0.1:15672/api"
@@ -58,7 +58,7 @@ def floor_queues() -> list[Queue]:
             bindings=[binding(floor_exchange())],
             queue_arguments={"x-queue-type": topology.QUEUE_TYPE},
         )
-        for sub in topology.SUBSCRIBERS
+        for sub in ORDER_SUBSCRIBERS
     ]
 
 
@@ -102,7 +102,7 @@ def subscriber_queues() -> list[str]:
 
 
 def all_bench_queues() -> list[str]:
-    names = [q.name for q in topology.all_queues()] + [floor_queue_name(s) for s in topology.SUBSCRIBERS]
+    names = [q.name for q in topology.all_queues()] + [floor_queue_name(s) for s in ORDER_SUBSCRIBERS]
     return names
 
 

@@ -18,8 +18,16 @@ VENV = ROOT / ".venv" / "bin"
 PYTHON = str(VENV / "python")
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
-# The floor's own fanout exchange and one queue per marketplace subscriber (names derived from
-# the topology module, so a new subscriber gets its no-op twin).
+# What the benchmark loads the system with, and the subscribers that act on it: the pipeline,
+# the floor's no-op twins, the drains and the baseline's inline downstreams are theirs. The full
+# stack still runs every subscriber (the others acknowledge and skip these events).
+EVENT_TYPE = "order.placed"
+ORDER_SUBSCRIBERS: tuple[topology.Subscriber, ...] = tuple(
+    s for s in topology.SUBSCRIBERS if EVENT_TYPE in s.event_types
+)
+
+# The floor's own fanout exchange and one queue per order subscriber (names derived from the
+# topology module, so a new subscriber gets its no-op twin).
 FLOOR_EXCHANGE = "bench.floor.events"
 FLOOR_TASK = "bench.floor.noop"
 

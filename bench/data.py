@@ -10,9 +10,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from bench.config import PG_ADMIN_DSN, PYTHON, ROOT, Params, Target
+from bench.config import EVENT_TYPE, ORDER_SUBSCRIBERS, PG_ADMIN_DSN, PYTHON, ROOT, Params, Target
 from bench.load import Workload, percentile
-from marketplace.events import topology
 
 
 def _run(argv: list[str], target: Target, timeout: float = 300) -> str:
@@ -62,12 +61,12 @@ def effects_latency(target: Target, started: float, ended: float) -> dict:
         """
         SELECT EXTRACT(EPOCH FROM max(p.processed_at) - o.created_at), count(p.id)
         FROM events_outboxevent o LEFT JOIN events_processedevent p ON p.event_id = o.event_id
-        WHERE o.created_at >= to_timestamp(%s) AND o.created_at < to_timestamp(%s)
+        WHERE o.created_at >= to_timestamp(%s) AND o.created_at < to_timestamp(%s) AND o.event_type = %s
         GROUP BY o.id, o.created_at
         """,
-        [started, ended],
+        [started, ended, EVENT_TYPE],
     )
-    needed = len(topology.SUBSCRIBERS)
+    needed = len(ORDER_SUBSCRIBERS)
     latencies = [float(lat) for lat, n in rows if n >= needed and lat is not None]
     return _latency_summary(latencies, events=len(rows))
 
@@ -92,17 +91,19 @@ def processed_by_subscriber(target: Target, started: float, ended: float) -> dic
         """
         SELECT p.subscriber, count(*) FROM events_outboxevent o
         JOIN events_processedevent p ON p.event_id = o.event_id
-        WHERE o.created_at >= to_timestamp(%s) AND o.created_at < to_timestamp(%s) GROUP BY p.subscriber
+        WHERE o.created_at >= to_timestamp(%s) AND o.created_at < to_timestamp(%s) AND o.event_type = %s
+        GROUP BY p.subscriber
         """,
-        [started, ended],
+        [started, ended, EVENT_TYPE],
     )
     events = execute(
         target,
-        "SELECT count(*) FROM events_outboxevent WHERE created_at >= to_timestamp(%s) AND created_at < to_timestamp(%s)",
-        [started, ended],
+        "SELECT count(*) FROM events_outboxevent "
+        "WHERE created_at >= to_timestamp(%s) AND created_at < to_timestamp(%s) AND event_type = %s",
+        [started, ended, EVENT_TYPE],
     )[0][0]
     done = dict(rows)
-    return {"events": events, **{s.name: done.get(s.name, 0) for s in topology.SUBSCRIBERS}}
+    return {"events": events, **{s.name: done.get(s.name, 0) for s in ORDER_SUBSCRIBERS}}
 
 
 def processed_span(target: Target, subscriber: str, event_ids: list[str]) -> tuple[int, float | None]:
@@ -119,7 +120,9 @@ def processed_span(target: Target, subscriber: str, event_ids: list[str]) -> tup
 
 def drain_envelopes(target: Target, count: int) -> list[dict]:
     """``count`` real order.placed envelopes from the outbox, each with a fresh event id."""
-    rows = execute(target, "SELECT envelope FROM events_outboxevent ORDER BY id DESC LIMIT 500")
+    rows = execute(
+        target, "SELECT envelope FROM events_outboxevent WHERE event_type = %s ORDER BY id DESC LIMIT 500", [EVENT_TYPE]
+    )
     if not rows:
         raise RuntimeError("no outbox rows to build a backlog from")
     return [dict(rows[i % len(rows)][0], id=str(uuid.uuid4())) for i in range(count)]
@@ -133,7 +136,7 @@ def floor_done(done_dir: Path, started: float, ended: float) -> dict:
             parts = line.split()
             if len(parts) == 3 and started <= float(parts[1]) < ended:
                 done.setdefault(parts[0], []).append(float(parts[2]) - float(parts[1]))
-    needed = len(topology.SUBSCRIBERS)
+    needed = len(ORDER_SUBSCRIBERS)
     latencies = [max(v) for v in done.values() if len(v) >= needed]
     return _latency_summary(latencies, events=len(done))
 

@@ -6,7 +6,7 @@ import shutil
 import time
 
 from bench import broker, data, profile
-from bench.config import floor_queue_name
+from bench.config import ORDER_SUBSCRIBERS, floor_queue_name
 from bench.processes import cpu_seconds, log
 from bench.scenarios import Context, find_sustained, paced, ramp, saturate, settle
 from marketplace.events import topology
@@ -107,7 +107,7 @@ def drain(ctx: Context) -> dict:
     t0 = time.monotonic()
     broker.publish_envelopes(ctx.target, envelopes)
     result = {"events": n, "publish_seconds": round(time.monotonic() - t0, 2), "subscribers": {}}
-    for sub in topology.SUBSCRIBERS:
+    for sub in ORDER_SUBSCRIBERS:
         ctx.stack.start_workers(only=(sub,))
         try:
             result["subscribers"][sub.name] = _drain_one(
@@ -117,7 +117,7 @@ def drain(ctx: Context) -> dict:
             ctx.stack.stop(sub.name)
     broker.purge(ctx.target, queues)
     # The no-op reference: the same number of Celery task messages on a floor queue of the same type.
-    sub = topology.SUBSCRIBERS[0]
+    sub = ORDER_SUBSCRIBERS[0]
     shutil.rmtree(ctx.done_dir, ignore_errors=True)
     broker.purge(ctx.target, [floor_queue_name(sub)])
     broker.publish_noop_tasks(ctx.target, floor_queue_name(sub), n)

@@ -18,7 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from bench.config import ROOT, Target, floor_queue_name
+from bench.config import ORDER_SUBSCRIBERS, ROOT, Target, floor_queue_name
 from marketplace.events import topology
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -170,8 +170,8 @@ class Stack:
         wait_consumers(self, [s.name for s in subs], [s.queue_name for s in subs])
 
     def start_floor_workers(self, *, only: tuple[topology.Subscriber, ...] = ()) -> None:
-        """A no-op twin of each subscriber's Procfile worker, on the floor's queue."""
-        subs = only or topology.SUBSCRIBERS
+        """A no-op twin of each order subscriber's Procfile worker, on the floor's queue."""
+        subs = only or ORDER_SUBSCRIBERS
         for sub in subs:
             argv = procfile_argv(sub.name, self.target.env())
             argv = _replace(argv, "-A", "bench.floor.noop")
@@ -189,7 +189,7 @@ class Stack:
             proc.stop()
 
     def stop_workers(self) -> None:
-        self.stop(*[s.name for s in topology.SUBSCRIBERS], *[f"floor-{s.name}" for s in topology.SUBSCRIBERS])
+        self.stop(*[s.name for s in topology.SUBSCRIBERS], *[f"floor-{s.name}" for s in ORDER_SUBSCRIBERS])
 
     def stop_all(self) -> None:
         for proc in self.procs.values():

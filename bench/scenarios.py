@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from bench import broker, data, load
-from bench.config import Params, Target, floor_queue_name
+from bench.config import ORDER_SUBSCRIBERS, Params, Target, floor_queue_name
 from bench.load import Workload
 from bench.processes import Stack, log
 from marketplace.events import topology
@@ -121,7 +121,7 @@ def find_sustained(ctx: Context, url: str, queues: list[str], estimate: float) -
 
 def floor(ctx: Context) -> dict:
     """The no-op pipeline: floor view + confirmed publish to its fanout + three no-op workers."""
-    queues = [floor_queue_name(s) for s in topology.SUBSCRIBERS]
+    queues = [floor_queue_name(s) for s in ORDER_SUBSCRIBERS]
     shutil.rmtree(ctx.done_dir, ignore_errors=True)
     ctx.stack.start_floor_workers()
     url = ctx.url(ctx.target.floor_port, "/bench/floor/")
@@ -137,7 +137,7 @@ def floor(ctx: Context) -> dict:
         result["at_60"] = at60
         result["ramp"] = ramp(ctx, url, result["sustained_ops"], queues)
     finally:
-        ctx.stack.stop(*[f"floor-{s.name}" for s in topology.SUBSCRIBERS])
+        ctx.stack.stop(*[f"floor-{s.name}" for s in ORDER_SUBSCRIBERS])
         broker.purge(ctx.target, queues)
     return result
 

@@ -27,8 +27,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from bench.broker import floor_exchange
-from bench.config import FLOOR_TASK
-from marketplace.events import topology
+from bench.config import FLOOR_TASK, ORDER_SUBSCRIBERS
 from marketplace.exceptions import InvalidInput
 from orders import services
 from orders.models import Order
@@ -113,7 +112,7 @@ def _client() -> httpx.Client:
 
 class BaselineOrderApi(ThinOrderApi):
     def respond(self, order: Order) -> Response:
-        for subscriber in topology.SUBSCRIBERS:  # one downstream per subscriber, called inline
+        for subscriber in ORDER_SUBSCRIBERS:  # one downstream per subscriber, called inline
             try:
                 answer = _client().post(f"/{subscriber.name}", json={"order_id": order.pk})
             except httpx.HTTPError as exc:

@@ -114,7 +114,7 @@ def test_replay_action_sends_to_the_subscribers_own_queue_and_is_audited(staff_c
     [audit] = FailedEventReplay.objects.all()
     assert (audit.failed_event, audit.requested_by, audit.via) == (failed, user, "admin")
     depths = {s.name: queue_depth(empty_queues, s.queue_name) for s in topology.SUBSCRIBERS}
-    assert depths == {"order_confirmation": 0, "seller_notification": 0, "customer_segmentation": 1}
+    assert depths == {**dict.fromkeys(depths, 0), "customer_segmentation": 1}
 
 
 def test_archive_action(staff_client, client):
@@ -257,7 +257,7 @@ def test_replaying_a_group_asks_first_then_replays_and_audits_each_event(staff_c
     assert {(entry.via, entry.requested_by, entry.action) for entry in audit} == {("admin-group", user, "replay")}
     assert not already_replaying.replays.exists(), "a replay already under way is not sent twice"
     depths = {s.name: queue_depth(empty_queues, s.queue_name) for s in topology.SUBSCRIBERS}
-    assert depths == {"order_confirmation": 0, "seller_notification": 0, "customer_segmentation": 3}
+    assert depths == {**dict.fromkeys(depths, 0), "customer_segmentation": 3}
 
 
 def test_group_actions_need_the_replay_permission(staff_client, client):

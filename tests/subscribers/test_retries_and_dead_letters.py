@@ -52,9 +52,11 @@ def test_a_subscriber_failing_twice_then_succeeding_retries_with_backoff_on_its_
     )
     # The delivery history: each failed attempt, then the success that followed them.
     history = eventually(
-        lambda: list(DeliveryAttempt.objects.filter(subscriber="order_confirmation", event_id=envelope["id"]))
-        if DeliveryAttempt.objects.filter(outcome="succeeded").exists()
-        else None,
+        lambda: (
+            list(DeliveryAttempt.objects.filter(subscriber="order_confirmation", event_id=envelope["id"]))
+            if DeliveryAttempt.objects.filter(outcome="succeeded").exists()
+            else None
+        ),
         message="the delivery history",
     )
     assert [(a.attempt, a.outcome) for a in history] == [(1, "retrying"), (2, "retrying"), (3, "succeeded")]

@@ -71,6 +71,7 @@ def test_an_orders_trace_shows_where_its_event_is_with_each_subscriber(admin_cli
         "order_confirmation": "done",
         "seller_notification": "failed",
         "customer_segmentation": "retrying",
+        "loyalty_rewards": "not subscribed",
     }
     page = response.content.decode()
     assert reverse("admin:events_failedevent_change", args=[failed.pk]) in page

@@ -19,11 +19,13 @@ from pathlib import Path
 
 import httpx
 
+from marketplace.events import topology
+
 ROOT = Path(__file__).resolve().parents[3]
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 RECORDER_COMMAND = ".venv/bin/python manage.py record_dead_letters"
 SKIPPED = {"flower"}
-SUBSCRIBERS = ("order_confirmation", "seller_notification", "customer_segmentation")
+SUBSCRIBERS = tuple(subscriber.name for subscriber in topology.SUBSCRIBERS)
 
 # The retry policy the ledger runs with: the production shape (5 retries, exponential backoff),
 # with a lower cap so that a run ends in minutes: waits of 1, 2, 4, 8, 8 s.
