@@ -21,15 +21,13 @@ import base64
 import logging
 from typing import Any
 
-from django.conf import settings
 from django.core.mail import EmailMessage
-from django.core.mail.backends.smtp import EmailBackend as SMTPEmailBackend
 from django.db import transaction
 from django.utils.crypto import salted_hmac
-from django.utils.module_loading import import_string
 
 from loyalty.models import RewardCode
-from marketplace.events.subscriber import TransientDownstreamError, claim_event, insert_once
+from marketplace.events.subscriber import claim_event, insert_once
+from marketplace.mail import mail_server, send_email
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +36,6 @@ LOYALTY_REWARDS = "loyalty_rewards"
 SEGMENT_CHANGED = "customer.segment_changed"
 # Codes tried per event before giving up: a second one is needed only if the first collided.
 CODE_ATTEMPTS = 5
-
-
-class EmailNotSent(TransientDownstreamError):
-    """The mail server did not take the message (an SMTP or socket error, chained): worth retrying."""
 
 
 class RewardCodeCollision(Exception):
@@ -70,14 +64,14 @@ def send_reward_code(*, envelope: dict[str, Any]) -> bool:
             # The contract allows an account without an email: the code is kept for the team to hand over.
             logger.warning("buyer %s has no email address: reward code %s stored, not sent", buyer["id"], reward.code)
             return True
-        _send_email(
+        send_email(
             EmailMessage(
                 subject=_SUBJECTS[segment],
                 body=_reward_email_body(change, reward),
                 to=[buyer["email"]],
                 headers={"X-Marketplace-Event-Id": envelope["id"]},
             ),
-            failure=f"{segment} reward code for buyer {buyer['id']} to {buyer['email']} via {_mail_server()}",
+            failure=f"{segment} reward code for buyer {buyer['id']} to {buyer['email']} via {mail_server()}",
         )
     logger.info("buyer %s: %s reward code emailed to %s", buyer["id"], segment, buyer["email"])
     return True
@@ -122,18 +116,3 @@ def _reward_email_body(change: dict[str, Any], reward: RewardCode) -> str:
     else:
         why = f"You have spent {profile['lifetime_spend']} with us, which makes you one of our best customers."
     return f"Hello {change['buyer']['name']},\n\n{why}\n\nYour one-time reward code: {reward.code}\n\nThank you!\n"
-
-
-def _send_email(message: EmailMessage, *, failure: str) -> None:
-    """Send ``message``; if the mail server fails, raise EmailNotSent starting with ``failure``."""
-    try:
-        message.send()
-    except OSError as exc:  # smtplib's errors are OSErrors, like the socket's
-        raise EmailNotSent(f"{failure}: {type(exc).__name__}: {exc}") from exc
-
-
-def _mail_server() -> str:
-    """Where email goes: the SMTP server, or the backend that stands in for one (console, tests)."""
-    if issubclass(import_string(settings.EMAIL_BACKEND), SMTPEmailBackend):
-        return f"mail server {settings.EMAIL_HOST}:{settings.EMAIL_PORT}"
-    return f"email backend {settings.EMAIL_BACKEND}"

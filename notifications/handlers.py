@@ -36,11 +36,10 @@ from typing import Any
 import httpx
 from django.conf import settings
 from django.core.mail import EmailMessage
-from django.core.mail.backends.smtp import EmailBackend as SMTPEmailBackend
 from django.db import DatabaseError, transaction
-from django.utils.module_loading import import_string
 
 from marketplace.events.subscriber import TRANSIENT_ERRORS, TransientDownstreamError, claim_event, insert_once
+from marketplace.mail import mail_server, send_email
 from notifications.models import Notification
 from orders.selectors import SellerContact, seller_contacts
 
@@ -61,10 +60,6 @@ class SellerWebhookRejected(Exception):
 
 class SellerWebhookUnreachable(TransientDownstreamError):
     """The seller's endpoint gave no answer (refused, timed out, connection broken): worth retrying."""
-
-
-class EmailNotSent(TransientDownstreamError):
-    """The mail server did not take the message (an SMTP or socket error, chained): worth retrying."""
 
 
 class SellersNotNotified(Exception):
@@ -132,11 +127,11 @@ def _email_buyer_once(
         if superseded_by and Notification.objects.filter(order_id=order["order_id"], kind=superseded_by).exists():
             logger.info("order %s: %s not sent, the buyer was told it is cancelled", order["order_id"], what)
             return False
-        _send_email(
+        send_email(
             EmailMessage(
                 subject=subject, body=body, to=[buyer["email"]], headers={"X-Marketplace-Event-Id": envelope["id"]}
             ),
-            failure=f"order #{order['order_id']} {what} to the buyer via {_mail_server()}",
+            failure=f"order #{order['order_id']} {what} to the buyer via {mail_server()}",
         )
         Notification.objects.create(
             event_id=envelope["id"],
@@ -341,32 +336,17 @@ def _email_seller(
         f"  {line['quantity']} x {line['name']} ({line['sku']}) = {line['line_total']}" for line in lines
     )
     subject, body = email(seller, order, listing, payload["seller_total"])
-    _send_email(
+    send_email(
         EmailMessage(subject=subject, body=body, to=[seller.email], headers={"X-Marketplace-Event-Id": envelope["id"]}),
         failure=_seller_endpoint(seller),
     )
-
-
-def _send_email(message: EmailMessage, *, failure: str) -> None:
-    """Send ``message``; if the mail server fails, raise EmailNotSent starting with ``failure``."""
-    try:
-        message.send()
-    except OSError as exc:  # smtplib's errors are OSErrors, like the socket's
-        raise EmailNotSent(f"{failure}: {type(exc).__name__}: {exc}") from exc
 
 
 def _seller_endpoint(seller: SellerContact) -> str:
     """The seller and where their notification goes, as failure messages name them."""
     if seller.webhook_url:
         return f"seller {seller.id} ({seller.name}) webhook {seller.webhook_url}"
-    return f"seller {seller.id} ({seller.name}) email {seller.email} via {_mail_server()}"
-
-
-def _mail_server() -> str:
-    """Where email goes: the SMTP server, or the backend that stands in for one (console, tests)."""
-    if issubclass(import_string(settings.EMAIL_BACKEND), SMTPEmailBackend):
-        return f"mail server {settings.EMAIL_HOST}:{settings.EMAIL_PORT}"
-    return f"email backend {settings.EMAIL_BACKEND}"
+    return f"seller {seller.id} ({seller.name}) email {seller.email} via {mail_server()}"
 
 
 def _failure_text(seller: SellerContact, exc: Exception) -> str:

@@ -8,6 +8,7 @@ from django.core import mail
 from django.db import connection
 
 from marketplace.events.models import OutboxEvent, ProcessedEvent
+from marketplace.mail import EmailNotSent
 from notifications import handlers as notifications
 from notifications.models import Notification
 from orders.events import order_placed_envelope
@@ -62,7 +63,7 @@ def test_a_failed_send_rolls_back_its_marker_so_a_retry_sends_again(placed, sett
     _, _, envelope = placed
     (faults_dir() / "email.fail").write_text("1")
     try:
-        with pytest.raises(notifications.EmailNotSent) as raised:
+        with pytest.raises(EmailNotSent) as raised:
             notifications.send_order_confirmation(envelope=envelope)
         assert isinstance(raised.value.__cause__, EmailProviderDown)
         assert "email backend tests.support.faults.ControlledEmailBackend" in str(raised.value)

@@ -29,8 +29,11 @@ from marketplace.events.broker import BrokerPublisher
 from marketplace.events.envelope import build_envelope, validate_envelope
 from marketplace.events.models import DeliveryAttempt, FailedEvent, OutboxEvent, ProcessedEvent
 from marketplace.events.services import failed_event_replay
-from tests.conftest import TEST_RETRY_ENV, eventually, queue_depth, record_dead_letters, worker_is_idle
+from marketplace.mail import EmailNotSent
 from tests.factories import BuyerFactory, ProductFactory
+from tests.support.broker import queue_depth
+from tests.support.waiting import eventually
+from tests.support.workers import TEST_RETRY_ENV, record_dead_letters, worker_is_idle
 
 LOYALTY = topology.subscriber_named("loyalty_rewards")
 OTHERS = [s for s in topology.SUBSCRIBERS if s is not LOYALTY]
@@ -200,7 +203,7 @@ def test_a_failing_mail_server_is_retried_on_its_own_queue_then_the_code_is_sent
         message="the delivery history",
     )
     assert [(a.attempt, a.outcome) for a in history] == [(1, "retrying"), (2, "retrying"), (3, "succeeded")]
-    assert history[0].error.startswith(f"loyalty.handlers.EmailNotSent: loyal reward code for buyer {buyer.pk}")
+    assert history[0].error.startswith(f"marketplace.mail.EmailNotSent: loyal reward code for buyer {buyer.pk}")
     assert f"via {TEST_EMAIL_BACKEND}" in history[0].error
     for other in OTHERS:
         assert queue_depth(broker, other.queue_name) == 0
@@ -224,7 +227,7 @@ def test_a_mail_server_that_stays_down_dead_letters_the_event_naming_it_and_a_re
     assert failed.attempts == MAX_RETRIES + 1
     assert failed.event_type == SEGMENT_CHANGED
     assert failed.payload == changed
-    assert failed.exception_class == "loyalty.handlers.EmailNotSent"
+    assert failed.exception_class == "marketplace.mail.EmailNotSent"
     assert failed.exception_message.startswith(
         f"high_value reward code for buyer {buyer.pk} to {buyer.email} via {TEST_EMAIL_BACKEND}: EmailProviderDown"
     )
@@ -356,7 +359,7 @@ def test_the_failure_names_the_smtp_server(db, settings):
     settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", port, 2
     buyer = BuyerFactory()
 
-    with pytest.raises(handlers.EmailNotSent, match=f"via mail server 127.0.0.1:{port}: ConnectionRefusedError"):
+    with pytest.raises(EmailNotSent, match=f"via mail server 127.0.0.1:{port}: ConnectionRefusedError"):
         handlers.send_reward_code(envelope=segment_changed(buyer, segment="loyal"))
 
     assert not RewardCode.objects.exists()

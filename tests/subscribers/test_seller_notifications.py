@@ -10,12 +10,15 @@ from django.test.utils import CaptureQueriesContext
 
 from marketplace.events.models import FailedEvent, ProcessedEvent
 from marketplace.events.subscriber import TRANSIENT_ERRORS
+from marketplace.mail import EmailNotSent
 from notifications import handlers as notifications
 from notifications.models import Notification
 from orders.events import order_placed_envelope
 from orders.services import LineRequest, order_place
-from tests.conftest import SellerWebhook, eventually, record_dead_letters
 from tests.factories import BuyerFactory, ProductFactory, SellerFactory
+from tests.support.waiting import eventually
+from tests.support.webhooks import SellerWebhook
+from tests.support.workers import record_dead_letters
 
 
 def closed_port() -> int:
@@ -97,7 +100,7 @@ def test_a_refused_mail_server_is_named_with_the_seller(db, settings):
     seller = SellerFactory()
     envelope = envelope_for(seller)
 
-    with pytest.raises(notifications.EmailNotSent) as raised:
+    with pytest.raises(EmailNotSent) as raised:
         notifications.notify_sellers(envelope=envelope)
 
     message = str(raised.value)
@@ -113,7 +116,7 @@ def test_a_refused_mail_server_is_named_for_the_buyer_confirmation(db, settings)
     settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", port, 2
     envelope = envelope_for(SellerFactory())
 
-    with pytest.raises(notifications.EmailNotSent) as raised:
+    with pytest.raises(EmailNotSent) as raised:
         notifications.send_order_confirmation(envelope=envelope)
 
     assert f"order #{envelope['data']['order_id']}" in str(raised.value)
