@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -16,6 +16,7 @@ import httpx
 from celery import Task
 from celery.exceptions import Reject, Retry
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, InterfaceError, OperationalError, models, transaction
 from django.utils import timezone
 
@@ -212,30 +213,40 @@ def _header(request, name: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def subscriber_task(name: str) -> Callable[[Callable[[dict[str, Any]], Any]], Task]:
-    """Declare the Celery task for subscriber ``name`` (see topology.SUBSCRIBERS).
+def subscriber_task(name: str, handlers: Mapping[str, Callable[..., Any]]) -> Task:
+    """Declare the Celery task of subscriber ``name`` (see topology.SUBSCRIBERS).
 
-    The decorated function receives a validated envelope. Failures follow SubscriberTask.handle:
-    retries wait in the subscriber's own retry queues, never in the worker or the fanout.
+    ``handlers`` maps each event type the subscriber acts on (exactly its ``event_types`` in the
+    topology) to a plain function, called as ``handler(envelope=...)`` with the validated
+    envelope. Failures follow SubscriberTask.handle: retries wait in the subscriber's own retry
+    queues, never in the worker or the fanout.
     """
     subscriber = topology.subscriber_named(name)
+    if set(handlers) != set(subscriber.event_types):
+        raise ImproperlyConfigured(
+            f"subscriber {name} has handlers for {sorted(handlers)} but topology.SUBSCRIBERS gives it "
+            f"the event types {sorted(subscriber.event_types)}"
+        )
 
-    def decorate(run: Callable[[dict[str, Any]], Any]) -> Task:
-        def task(self: SubscriberTask, *args: Any, **kwargs: Any) -> Any:
-            self.attempt_started = time.time()
-            try:
-                if len(args) != 1 or kwargs:
-                    raise InvalidEnvelope(
-                        f"a subscriber task takes one envelope, got {len(args)} args {sorted(kwargs)}"
-                    )
-                with metrics.timed_handler(name):
-                    return run(validate_envelope(args[0]))
-            except Exception as exc:
-                self.handle(exc)
+    def task(self: SubscriberTask, *args: Any, **kwargs: Any) -> Any:
+        self.attempt_started = time.time()
+        try:
+            if len(args) != 1 or kwargs:
+                raise InvalidEnvelope(f"a subscriber task takes one envelope, got {len(args)} args {sorted(kwargs)}")
+            envelope = validate_envelope(args[0])
+            handler = handlers.get(envelope["type"])
+            if handler is None:  # the consumer skips other types; a replay or a direct publish may not
+                raise InvalidEnvelope(f"{name} does not handle {envelope['type']!r} events")
+            with metrics.timed_handler(name):
+                return handler(envelope=envelope)
+        except Exception as exc:
+            self.handle(exc)
 
-        task.__name__ = task.__qualname__ = run.__name__
-        task.__doc__ = run.__doc__
-        task.__module__ = run.__module__
-        return app.task(task, name=subscriber.task, base=SubscriberTask, bind=True, subscriber=name)
-
-    return decorate
+    task.__name__ = task.__qualname__ = subscriber.task.rpartition(".")[2]
+    task.__module__ = next(iter(handlers.values())).__module__
+    task.__doc__ = "\n".join(
+        f"{event_type}: {handler.__doc__.splitlines()[0]}"
+        for event_type, handler in handlers.items()
+        if handler.__doc__
+    )
+    return app.task(task, name=subscriber.task, base=SubscriberTask, bind=True, subscriber=name)
