@@ -29,7 +29,7 @@ from django.db import transaction
 from django.db.models import Count, Max, Min
 
 from marketplace.events.outbox import enqueue_event
-from marketplace.events.subscriber import claim_event
+from marketplace.events.subscriber import claim_event, insert_once
 from segmentation.events import segment_changed_envelope
 from segmentation.models import CustomerOrder, CustomerProfile
 
@@ -66,18 +66,13 @@ def update_customer_segment(*, envelope: dict[str, Any]) -> bool:
         if not claim_event(subscriber=CUSTOMER_SEGMENTATION, event_id=envelope["id"]):
             return False
         profile = _locked_profile(buyer_id=order["buyer"]["id"])
-        row, _ = CustomerOrder.objects.get_or_create(
-            profile=profile, order_id=order["order_id"], defaults={"total": total, "placed_at": placed_at}
+        # A row exists only once the order is counted or cancelled: either way, nothing to count.
+        counted = CustomerOrder(
+            profile=profile, order_id=order["order_id"], total=total, placed_at=placed_at, counted=True
         )
-        if row.counted or row.cancelled:
-            logger.info(
-                "order %s is %s already: not counted again",
-                row.order_id,
-                "cancelled" if row.cancelled else "counted",
-            )
+        if not insert_once(counted):
+            logger.info("order %s is counted or cancelled already: not counted again", order["order_id"])
             return False
-        row.counted, row.total, row.placed_at = True, total, placed_at
-        row.save(update_fields=["counted", "total", "placed_at", "updated_at"])
         previous_segment = profile.segment
         profile.order_count += 1
         profile.lifetime_spend += total
