@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from marketplace.celery import app, confirming_producer
 from marketplace.events import dead_letters, topology
+from marketplace.events.consumer import adopted_task_id
 from marketplace.events.models import FailedEvent, FailedEventReplay
 
 REPLAYABLE = (FailedEvent.Status.FAILED, FailedEvent.Status.REPLAYING)
@@ -37,6 +38,8 @@ def failed_event_replay(*, failed_event: FailedEvent, requested_by=None, via: st
     try:
         app.send_task(
             subscriber.task,
+            # The id the event's first delivery had: Flower shows the replay as that task succeeding.
+            task_id=adopted_task_id(subscriber, str(failed_event.payload.get("id"))),
             args=[failed_event.payload],
             queue=subscriber.queue_name,
             headers={dead_letters.REPLAY_OF: str(failed_event.pk)},
