@@ -11,8 +11,8 @@ from marketplace.events.failure_groups import grouping_fields
 from marketplace.events.models import FailedEvent, FailedEventReplay, OutboxEvent
 from marketplace.events.outbox import on_commit_publisher
 from orders.services import LineRequest, order_place
-from tests.conftest import _purge_subscriber_queues, queue_depth
 from tests.factories import BuyerFactory, ProductFactory
+from tests.support.broker import purge_subscriber_queues, queue_depth
 
 pytestmark = [pytest.mark.broker]
 
@@ -46,7 +46,7 @@ def test_an_operator_replays_a_failure_group_and_traces_an_order(
 ):
     placed = [_order_with_failed_seller_notification(n) for n in range(SELLERS_FAILING)]
     assert on_commit_publisher.flush()
-    _purge_subscriber_queues(broker_url)  # no worker runs here: only the replays should be queued
+    purge_subscriber_queues(broker_url)  # no worker runs here: only the replays should be queued
 
     browser.get(f"{live_server.url}/admin/login/?next=/admin/events/failedevent/")
     browser.find_element(By.NAME, "username").send_keys("operator")

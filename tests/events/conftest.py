@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from marketplace.events.envelope import build_envelope
 from marketplace.events.models import OutboxEvent
-from tests.conftest import rabbitmqctl
+from tests.support.broker import rabbitmqctl
 
 
 def order_placed_sample(order_id: int = 1) -> dict:

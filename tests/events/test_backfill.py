@@ -16,7 +16,7 @@ from marketplace.events import topology
 from marketplace.events.backfill import BACKFILL_HEADER
 from marketplace.events.broker import BrokerPublisher
 from marketplace.events.models import OutboxEvent
-from tests.conftest import queue_depth
+from tests.support.broker import queue_depth
 
 pytestmark = [pytest.mark.broker]
 

@@ -14,8 +14,8 @@ from django.core.management import call_command
 
 from marketplace.events.models import OutboxEvent
 from marketplace.events.outbox import on_commit_publisher
-from tests.conftest import broker_stopped
 from tests.factories import BuyerFactory, ProductFactory
+from tests.support.broker import broker_stopped
 
 pytestmark = [pytest.mark.broker]
 

@@ -11,7 +11,7 @@ from jsonschema import Draft202012Validator
 
 from marketplace.events import topology
 from marketplace.events.envelope import SCHEMA_DIR
-from tests.conftest import ROOT
+from tests.support.workers import ROOT
 
 SCHEMAS = sorted(SCHEMA_DIR.glob("*.json"))
 NAME = re.compile(r"^(?P<type>[a-z_]+\.[a-z_]+)\.v(?P<version>\d+)\.json$")

@@ -20,8 +20,8 @@ from marketplace.events.broker import BrokerPublisher, Unroutable
 from marketplace.events.models import OutboxEvent
 from marketplace.events.outbox import relay_once
 from orders.services import LineRequest, order_place
-from tests.conftest import eventually
 from tests.factories import BuyerFactory, ProductFactory
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.broker]
 

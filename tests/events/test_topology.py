@@ -11,7 +11,7 @@ from django.core.management import CommandError, call_command
 from kombu import Connection, Exchange, Queue
 
 from marketplace.events import topology
-from tests.conftest import rabbitmqctl
+from tests.support.broker import rabbitmqctl
 
 pytestmark = [pytest.mark.broker]
 

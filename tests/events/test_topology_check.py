@@ -16,7 +16,7 @@ from kombu import Connection, Consumer, Producer, Queue
 from marketplace import health
 from marketplace.events import topology
 from marketplace.events.topology_check import TopologyWatch, topology_problems
-from tests.conftest import rabbitmqctl
+from tests.support.broker import rabbitmqctl
 
 pytestmark = [pytest.mark.broker]
 

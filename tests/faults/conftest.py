@@ -23,7 +23,8 @@ from kombu import Connection
 
 from marketplace.celery import app as celery_app
 from marketplace.events import outbox, topology
-from tests.conftest import ROOT, WorkerProcess, eventually
+from tests.support.waiting import eventually
+from tests.support.workers import ROOT, WorkerProcess
 
 CLUSTER_SCRIPT = ROOT / "bin" / "rabbitmq-cluster"
 NODES = (1, 2, 3)

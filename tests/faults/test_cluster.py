@@ -32,10 +32,10 @@ from marketplace.events.broker import BrokerPublisher, connect_once
 from marketplace.events.models import OutboxEvent
 from notifications.models import Notification
 from segmentation.models import CustomerProfile
-from tests.conftest import eventually
 from tests.events.conftest import order_placed_sample
 from tests.factories import BuyerFactory, ProductFactory, SellerFactory
 from tests.faults.conftest import consumer_counts, node_name, node_number
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.broker]
 

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.support.workers import ROOT
 
 DEPLOY = ROOT / "deploy"
 # A PromQL identifier followed by "(" is a function or aggregation, not a metric.

@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, eventually
+from tests.support.waiting import eventually
+from tests.support.workers import ROOT
 
 pytestmark = [pytest.mark.broker]
 

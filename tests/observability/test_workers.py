@@ -3,8 +3,9 @@
 import pytest
 
 from marketplace.events import topology
-from tests.conftest import TEST_RETRY_ENV, eventually, record_dead_letters
 from tests.factories import BuyerFactory, ProductFactory
+from tests.support.waiting import eventually
+from tests.support.workers import TEST_RETRY_ENV, record_dead_letters
 
 pytestmark = [pytest.mark.workers]
 

@@ -2,7 +2,7 @@ import pytest
 
 from orders.models import Order
 from tests.factories import ProductFactory, SellerFactory
-from tests.orders.conftest import place
+from tests.support.orders import place
 
 pytestmark = pytest.mark.django_db
 

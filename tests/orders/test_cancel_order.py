@@ -23,7 +23,7 @@ from marketplace.events.models import OutboxEvent
 from orders import services
 from orders.models import Order, OrderLine, Product
 from tests.factories import BuyerFactory, ProductFactory
-from tests.orders.conftest import ORDERS_URL, assert_problem, place, run_concurrently, snapshot
+from tests.support.orders import ORDERS_URL, assert_problem, place, run_concurrently, snapshot
 
 pytestmark = pytest.mark.django_db
 

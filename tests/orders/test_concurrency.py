@@ -9,7 +9,7 @@ from django.db.models import Sum
 from marketplace.events.models import OutboxEvent
 from orders.models import Order, OrderLine
 from tests.factories import BuyerFactory, ProductFactory
-from tests.orders.conftest import place, run_concurrently
+from tests.support.orders import place, run_concurrently
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -4,7 +4,7 @@ import pytest
 
 from orders.models import IdempotencyKey, Order
 from tests.factories import BuyerFactory, ProductFactory
-from tests.orders.conftest import assert_problem, place, run_concurrently, snapshot
+from tests.support.orders import assert_problem, place, run_concurrently, snapshot
 
 
 @pytest.fixture

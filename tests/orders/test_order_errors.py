@@ -9,7 +9,7 @@ from rest_framework.test import APIClient
 
 from orders import selectors
 from tests.factories import BuyerFactory, ProductFactory, token_for
-from tests.orders.conftest import ORDERS_URL, assert_problem, place, snapshot
+from tests.support.orders import ORDERS_URL, assert_problem, place, snapshot
 
 pytestmark = pytest.mark.django_db
 

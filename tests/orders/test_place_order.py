@@ -7,7 +7,7 @@ from marketplace.events.envelope import validate_envelope
 from marketplace.events.models import OutboxEvent
 from orders.models import Order, OrderLine
 from tests.factories import ProductFactory, SellerFactory
-from tests.orders.conftest import ORDERS_URL, place
+from tests.support.orders import ORDERS_URL, place
 
 pytestmark = pytest.mark.django_db
 

@@ -5,7 +5,7 @@ from rest_framework.pagination import PageNumberPagination
 
 from orders.filters import MAX_ID
 from tests.factories import ProductFactory, SellerFactory
-from tests.orders.conftest import ORDERS_URL, PRODUCTS_URL, assert_problem
+from tests.support.orders import ORDERS_URL, PRODUCTS_URL, assert_problem
 
 pytestmark = pytest.mark.django_db
 

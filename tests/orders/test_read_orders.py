@@ -3,7 +3,7 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.test import APIClient
 
 from tests.factories import BuyerFactory, ProductFactory
-from tests.orders.conftest import ORDERS_URL, assert_problem, place
+from tests.support.orders import ORDERS_URL, assert_problem, place
 
 pytestmark = pytest.mark.django_db
 

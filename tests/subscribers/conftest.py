@@ -2,24 +2,21 @@ import pytest
 
 from marketplace.events.models import OutboxEvent
 from tests.factories import BuyerFactory, ProductFactory, SellerFactory
+from tests.support.orders import place
 
 
 @pytest.fixture
 def place_order(client_for):
     """``place_order(buyer, (product, quantity), ...)`` → (order json, envelope) via the real API."""
 
-    def place(buyer, *lines):
-        response = client_for(buyer).post(
-            "/api/orders/",
-            {"lines": [{"product": product.pk, "quantity": quantity} for product, quantity in lines]},
-            format="json",
-        )
+    def place_by(buyer, *lines):
+        response = place(client_for(buyer), *lines)
         assert response.status_code == 201, response.content
         order = response.json()
         envelope = OutboxEvent.objects.get(envelope__data__order_id=order["id"]).envelope
         return order, envelope
 
-    return place
+    return place_by
 
 
 @pytest.fixture

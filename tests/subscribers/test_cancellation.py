@@ -27,8 +27,10 @@ from orders.events import order_placed_envelope
 from orders.services import LineRequest, order_place
 from segmentation import handlers as segmentation
 from segmentation.models import CustomerOrder, CustomerProfile
-from tests.conftest import SellerWebhook, eventually, record_dead_letters, worker_is_idle
 from tests.factories import BuyerFactory, ProductFactory, SellerFactory
+from tests.support.waiting import eventually
+from tests.support.webhooks import SellerWebhook
+from tests.support.workers import record_dead_letters, worker_is_idle
 
 CONFIRMATION = "notifications.send_order_confirmation"
 SELLERS = "notifications.notify_sellers"

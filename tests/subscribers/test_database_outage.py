@@ -12,8 +12,10 @@ from django.db import connection
 from marketplace.events import topology
 from marketplace.events.models import ProcessedEvent
 from segmentation.models import CustomerProfile
-from tests.conftest import TEST_RETRY_ENV, eventually, queue_depth, record_dead_letters
+from tests.support.broker import queue_depth
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import eventually
+from tests.support.workers import TEST_RETRY_ENV, record_dead_letters
 
 pytestmark = [pytest.mark.workers]
 

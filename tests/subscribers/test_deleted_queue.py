@@ -5,7 +5,7 @@ import pytest
 
 from marketplace.events import topology
 from marketplace.events.models import ProcessedEvent
-from tests.conftest import eventually
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.workers]
 

@@ -11,7 +11,9 @@ from marketplace.events.broker import BrokerPublisher
 from marketplace.events.envelope import InvalidEnvelope
 from marketplace.events.models import FailedEvent, ProcessedEvent
 from segmentation.models import CustomerProfile
-from tests.conftest import eventually, queue_depth, record_dead_letters, worker_is_idle
+from tests.support.broker import queue_depth
+from tests.support.waiting import eventually
+from tests.support.workers import record_dead_letters, worker_is_idle
 
 pytestmark = [pytest.mark.workers]
 

@@ -5,8 +5,8 @@ import pytest
 from marketplace.events.models import ProcessedEvent
 from notifications.models import Notification
 from segmentation.models import CustomerProfile
-from tests.conftest import eventually
 from tests.factories import BuyerFactory, ProductFactory, SellerFactory
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.workers]
 

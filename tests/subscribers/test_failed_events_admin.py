@@ -12,8 +12,8 @@ from django.utils import timezone
 from marketplace.events import topology
 from marketplace.events.failure_groups import grouping_fields, message_pattern
 from marketplace.events.models import FailedEvent, FailedEventReplay
-from tests.conftest import queue_depth
 from tests.factories import BuyerFactory
+from tests.support.broker import queue_depth
 
 pytestmark = [pytest.mark.django_db]
 

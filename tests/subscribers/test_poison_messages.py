@@ -13,8 +13,10 @@ from kombu import Connection, Producer
 
 from marketplace.events import topology
 from marketplace.events.models import FailedEvent, ProcessedEvent
-from tests.conftest import eventually, queue_depth, record_dead_letters
 from tests.factories import BuyerFactory
+from tests.support.broker import queue_depth
+from tests.support.waiting import eventually
+from tests.support.workers import record_dead_letters
 
 pytestmark = [pytest.mark.workers]
 

@@ -14,7 +14,9 @@ from marketplace.events import topology
 from marketplace.events.models import DeliveryAttempt, FailedEvent, FailedEventReplay, ProcessedEvent
 from marketplace.events.services import failed_event_archive, failed_event_replay
 from segmentation.models import CustomerProfile
-from tests.conftest import TEST_RETRY_ENV, eventually, queue_depth, record_dead_letters
+from tests.support.broker import queue_depth
+from tests.support.waiting import eventually
+from tests.support.workers import TEST_RETRY_ENV, record_dead_letters
 
 pytestmark = [pytest.mark.workers]
 

@@ -16,9 +16,11 @@ from marketplace.events.models import OutboxEvent, ProcessedEvent
 from notifications.models import Notification
 from segmentation import handlers as segmentation
 from segmentation.models import CustomerOrder, CustomerProfile
-from tests.conftest import eventually, queue_depth, record_dead_letters
 from tests.factories import BuyerFactory, ProductFactory
 from tests.subscribers.test_cancellation import cancelled_envelope, place, processed, profile_of, publish
+from tests.support.broker import queue_depth
+from tests.support.waiting import eventually
+from tests.support.workers import record_dead_letters
 
 SEGMENT_CHANGED = "customer.segment_changed"
 # The order subscribers: they do not act on customer.segment_changed, so they ack and skip it.

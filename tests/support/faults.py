@@ -93,3 +93,30 @@ class ControlledEmailBackend(BaseEmailBackend):
             )
             sent += 1
         return sent
+
+
+class Faults:
+    """The test's handle on the controllable edges (see tests/support/faults.py)."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+
+    def fail_email(self, times: int | str) -> None:
+        (self.dir / "email.fail").write_text(str(times))
+
+    def delay_email(self, seconds: float) -> None:
+        (self.dir / "email.delay").write_text(str(seconds))
+
+    def crash_on_email_to(self, recipient: str) -> None:
+        (self.dir / "email.crash").write_text(recipient)
+
+    def heal(self) -> None:
+        for name in ("email.fail", "email.delay", "email.crash"):
+            (self.dir / name).unlink(missing_ok=True)
+
+    def emails(self) -> list[dict]:
+        return read_json_lines(self.dir, "email.log")
+
+    def task_starts(self, task: str | None = None) -> list[dict]:
+        starts = read_json_lines(self.dir, "tasks.log")
+        return [s for s in starts if task is None or s["task"] == task]

@@ -1,0 +1,110 @@
+"""The test session's RabbitMQ: rabbitmqctl, queue depths, an event tap, stopping the broker."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import uuid
+from contextlib import contextmanager
+
+import kombu.pools
+from django.conf import settings
+from kombu import Connection, Queue
+
+from marketplace.celery import app as celery_app
+from marketplace.events import topology
+from tests.support.waiting import eventually
+
+RABBITMQCTL = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+
+
+def rabbitmqctl(*args: str, timeout: float = 120) -> str:
+    result = subprocess.run([RABBITMQCTL, *args], capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr or result.stdout}")
+    return result.stdout
+
+
+def queue_depth(conn: Connection, name: str) -> int:
+    _, count, _ = conn.default_channel.queue_declare(queue=name, passive=True)
+    return count
+
+
+class EventTap:
+    """A durable queue of the test's own, bound to the events exchange: a subscriber that
+    orders/ never heard of. It survives a broker restart; every drain uses a fresh connection."""
+
+    def __init__(self, broker_url: str):
+        self.broker_url = broker_url
+        self.queue = Queue(f"test.tap.{uuid.uuid4().hex[:8]}", exchange=topology.EVENTS_EXCHANGE, durable=True)
+        with Connection(broker_url) as conn:
+            self.queue(conn.default_channel).declare()
+
+    def drain(self, *, expected: int | None = None, timeout: float = 10.0, quiet: float = 0.5) -> list:
+        """Collect messages until ``expected`` arrived (or none are expected) and then
+        nothing more came for ``quiet`` seconds, or ``timeout`` passed."""
+        messages = []
+        deadline = time.monotonic() + timeout
+        last = time.monotonic()
+        with Connection(self.broker_url) as conn:
+            bound = self.queue(conn.default_channel)
+            while time.monotonic() < deadline:
+                message = bound.get(no_ack=True)
+                if message is not None:
+                    messages.append(message)
+                    last = time.monotonic()
+                    continue
+                if (expected is None or len(messages) >= expected) and time.monotonic() - last > quiet:
+                    break
+                time.sleep(0.05)
+        return messages
+
+    def delete(self) -> None:
+        with Connection(self.broker_url) as conn:
+            conn.default_channel.queue_delete(self.queue.name)
+
+
+def wait_for_broker(timeout: float = 60.0) -> None:
+    def reachable():
+        try:
+            with Connection(settings.BROKER_URL, connect_timeout=1) as conn:
+                conn.connect()
+            return True
+        except Exception:
+            return False
+
+    eventually(reachable, timeout=timeout, interval=0.5, message="RabbitMQ to accept connections")
+
+
+@contextmanager
+def broker_stopped():
+    """Stop the RabbitMQ application for the block; always start it again, even if the test fails."""
+    rabbitmqctl("stop_app")
+    try:
+        yield
+    finally:
+        rabbitmqctl("start_app")
+        wait_for_broker()
+        # Every pooled connection in this process died with the broker. Forget them the way Celery
+        # and kombu do after a fork, so later tests connect afresh.
+        kombu.pools.reset()
+        celery_app._after_fork()
+        celery_app.control._after_fork()
+
+
+def purge_subscriber_queues(broker_url: str) -> None:
+    with Connection(broker_url) as conn:
+        conn.default_channel.queue_purge(topology.RECORDER_QUEUE_NAME)
+        for subscriber in topology.SUBSCRIBERS:
+            names = [subscriber.queue_name, subscriber.dead_letter_queue_name]
+            names += [subscriber.retry_queue_name(delay) for delay in settings.SUBSCRIBER_RETRY_DELAYS[subscriber.name]]
+            for name in names:
+                conn.default_channel.queue_purge(name)
+
+
+def consumer_counts(broker_url: str) -> list[int]:
+    with Connection(broker_url) as conn:
+        return [
+            conn.default_channel.queue_declare(s.queue_name, passive=True).consumer_count for s in topology.SUBSCRIBERS
+        ]
