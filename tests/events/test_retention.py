@@ -26,6 +26,7 @@ from marketplace.events.models import (
     ProcessedEvent,
 )
 from tests.events.conftest import order_placed_sample
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = timezone.now()
@@ -335,8 +336,12 @@ def test_what_beat_sends_lands_in_the_maintenance_queue(broker):
     try:
         with celery_app.producer_or_acquire() as producer:
             celery_app.send_task(entry["task"], producer=producer, **entry.get("options", {}))
-        _, depth, _ = broker.default_channel.queue_declare(MAINTENANCE_QUEUE.name, passive=True)
-        assert depth == 1
+        # The publish is not confirmed: the quorum queue counts the message a moment later.
+        eventually(
+            lambda: broker.default_channel.queue_declare(MAINTENANCE_QUEUE.name, passive=True).message_count == 1,
+            timeout=10,
+            message="the task in the maintenance queue",
+        )
     finally:
         broker.default_channel.queue_delete(MAINTENANCE_QUEUE.name)
 
