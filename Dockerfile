@@ -17,6 +17,7 @@ COPY marketplace ./marketplace
 COPY orders ./orders
 COPY notifications ./notifications
 COPY segmentation ./segmentation
+COPY loyalty ./loyalty
 RUN pip install --no-cache-dir .
 
 # The project itself (manage.py); processes run from /app, which comes first on sys.path.
