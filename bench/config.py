@@ -22,9 +22,7 @@ PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 # the floor's no-op twins, the drains and the baseline's inline downstreams are theirs. The full
 # stack still runs every subscriber (the others acknowledge and skip these events).
 EVENT_TYPE = "order.placed"
-ORDER_SUBSCRIBERS: tuple[topology.Subscriber, ...] = tuple(
-    s for s in topology.SUBSCRIBERS if EVENT_TYPE in s.event_types
-)
+ORDER_SUBSCRIBERS = topology.subscribers_of(EVENT_TYPE)
 
 # The floor's own fanout exchange and one queue per order subscriber (names derived from the
 # topology module, so a new subscriber gets its no-op twin).

@@ -149,6 +149,11 @@ SUBSCRIBERS: tuple[Subscriber, ...] = (
 )
 
 
+def subscribers_of(event_type: str) -> tuple[Subscriber, ...]:
+    """The subscribers that act on ``event_type`` (every other one acknowledges and skips it)."""
+    return tuple(s for s in SUBSCRIBERS if event_type in s.event_types)
+
+
 def subscriber_named(name: str) -> Subscriber:
     for subscriber in SUBSCRIBERS:
         if subscriber.name == name:

@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.workers]
 
 MAX_RETRIES = int(TEST_RETRY_ENV["SUBSCRIBER_MAX_RETRIES"])
 # The subscribers of the order.placed event these tests cause.
-SUBSCRIBERS = [subscriber.name for subscriber in topology.SUBSCRIBERS if "order.placed" in subscriber.event_types]
+SUBSCRIBERS = [subscriber.name for subscriber in topology.subscribers_of("order.placed")]
 
 
 def _counts(scraped, name):

@@ -110,7 +110,7 @@ def test_malformed_messages_are_recorded_dead_lettered_and_never_block_the_queue
     # The good event behind them is processed by everyone.
     eventually(lambda: faults.emails(), timeout=15, message="the confirmation")
     eventually(lambda: CustomerProfile.objects.filter(buyer=shop.buyer).exists(), message="segmentation")
-    order_subscribers = [s for s in topology.SUBSCRIBERS if "order.placed" in s.event_types]
+    order_subscribers = topology.subscribers_of("order.placed")
     eventually(
         lambda: ProcessedEvent.objects.filter(event_id=envelope["id"]).count() == len(order_subscribers),
         message="all effects",

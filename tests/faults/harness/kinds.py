@@ -164,7 +164,8 @@ def _subscribers_failing(body: bytes) -> set[str]:
         event_type = json.loads(body).get("type")
     except (ValueError, AttributeError):
         event_type = None
-    return {s.name for s in topology.SUBSCRIBERS if event_type is None or event_type in s.event_types}
+    subscribers = topology.SUBSCRIBERS if event_type is None else topology.subscribers_of(event_type)
+    return {s.name for s in subscribers}
 
 
 def poison_messages(h: Harness, only: tuple[str, ...] = ()) -> Row:
