@@ -8,7 +8,7 @@ import time
 from bench import broker, data, profile
 from bench.config import ORDER_SUBSCRIBERS, floor_queue_name
 from bench.processes import cpu_seconds, log
-from bench.scenarios import Context, find_sustained, paced, ramp, saturate, settle
+from bench.scenarios import Context, paced, ramp, saturate, settle, sustained
 from marketplace.events import topology
 
 
@@ -28,10 +28,7 @@ def full_stack(ctx: Context) -> dict:
     url = ctx.url(ctx.target.web_port, "/api/orders/")
     broker.purge(ctx.target, queues)
     ctx.stack.start_workers()
-    result = saturate(ctx, url, queues=queues)
-    settle(ctx, queues)
-    result["closed_loop_sustained_ops"] = result["sustained_ops"]
-    result["sustained_ops"], result["probes"] = find_sustained(ctx, url, queues, result["sustained_ops"])
+    result = sustained(ctx, url, queues)
     rate = 0.6 * result["sustained_ops"]
     at60 = paced(ctx, url, rate, ctx.params.paced_seconds, queues)
     at60["effects"] = _wait_effects(ctx, at60["started_at"], at60["ended_at"])

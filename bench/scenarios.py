@@ -119,6 +119,16 @@ def find_sustained(ctx: Context, url: str, queues: list[str], estimate: float) -
     return round(best, 1), probes
 
 
+def sustained(ctx: Context, url: str, queues: list[str]) -> dict:
+    """The closed-loop window, then its estimate raised by paced probes: ``sustained_ops`` is the
+    rate every queue keeps up with, ``closed_loop_sustained_ops`` the closed loop's own figure."""
+    result = saturate(ctx, url, queues=queues)
+    settle(ctx, queues)
+    result["closed_loop_sustained_ops"] = result["sustained_ops"]
+    result["sustained_ops"], result["probes"] = find_sustained(ctx, url, queues, result["sustained_ops"])
+    return result
+
+
 def floor(ctx: Context) -> dict:
     """The no-op pipeline: floor view + confirmed publish to its fanout + three no-op workers."""
     queues = [floor_queue_name(s) for s in ORDER_SUBSCRIBERS]
@@ -126,10 +136,7 @@ def floor(ctx: Context) -> dict:
     ctx.stack.start_floor_workers()
     url = ctx.url(ctx.target.floor_port, "/bench/floor/")
     try:
-        result = saturate(ctx, url, queues=queues)
-        settle(ctx, queues)
-        result["closed_loop_sustained_ops"] = result["sustained_ops"]
-        result["sustained_ops"], result["probes"] = find_sustained(ctx, url, queues, result["sustained_ops"])
+        result = sustained(ctx, url, queues)
         rate = 0.6 * result["sustained_ops"]
         at60 = paced(ctx, url, rate, ctx.params.paced_seconds, queues)
         settle(ctx, queues)
