@@ -3,6 +3,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
 from loyalty.models import RewardCode
+from marketplace.events.trace import trace_link
 
 
 @admin.register(RewardCode)
@@ -27,8 +28,7 @@ class RewardCodeAdmin(admin.ModelAdmin):
 
     @admin.display(description="event")
     def trace(self, obj):
-        url = reverse("admin:events_trace_event", args=[obj.event_id])
-        return format_html('<a href="{}">{}</a>', url, obj.event_id)
+        return trace_link(obj.event_id)
 
     def has_add_permission(self, request):
         return False

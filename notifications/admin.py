@@ -1,7 +1,6 @@
 from django.contrib import admin
-from django.urls import reverse
-from django.utils.html import format_html
 
+from marketplace.events.trace import trace_link
 from notifications.models import Notification
 
 
@@ -14,8 +13,7 @@ class NotificationAdmin(admin.ModelAdmin):
 
     @admin.display(description="event")
     def trace(self, obj):
-        url = reverse("admin:events_trace_event", args=[obj.event_id])
-        return format_html('<a href="{}">{}</a>', url, obj.event_id)
+        return trace_link(obj.event_id)
 
     def has_add_permission(self, request):
         return False

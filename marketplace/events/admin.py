@@ -3,6 +3,7 @@ from collections.abc import Iterator
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db.models import Exists, OuterRef
 from django.http import Http404, HttpResponseRedirect, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -89,8 +90,7 @@ class OutboxEventAdmin(admin.ModelAdmin):
 
     @admin.display(description="trace")
     def trace_link(self, obj):
-        url = reverse("admin:events_trace_event", args=[obj.event_id])
-        return format_html('<a href="{}">where this event is, with each subscriber</a>', url)
+        return trace.trace_link(obj.event_id, "where this event is, with each subscriber")
 
     def get_urls(self):
         view = self.admin_site.admin_view
@@ -203,11 +203,15 @@ class FailedEventAdmin(admin.ModelAdmin):
     def first_failed(self, obj):
         return moment(obj.first_failed_at)
 
+    def get_queryset(self, request):
+        # Whether the event is still in the outbox (retention may have pruned it): one subquery for
+        # the whole page instead of a query per row.
+        in_outbox = OutboxEvent.objects.filter(event_id=OuterRef("event_id"))
+        return super().get_queryset(request).annotate(traceable=Exists(in_outbox))
+
     @admin.display(description="trace")
     def trace(self, obj):
-        if obj.event_id is None or not OutboxEvent.objects.filter(event_id=obj.event_id).exists():
-            return "-"
-        return format_html('<a href="{}">trace</a>', reverse("admin:events_trace_event", args=[obj.event_id]))
+        return trace.trace_link(obj.event_id, "trace") if obj.traceable else "-"
 
     @admin.display(description="failure group")
     def group(self, obj):

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from django.urls import NoReverseMatch, reverse
+from django.utils.html import format_html
 from django.utils.module_loading import import_string
 
 from marketplace.events import topology
@@ -33,6 +34,11 @@ class EventTrace:
     event: OutboxEvent
     subscribers: list[SubscriberState]
     links: list[tuple[str, str]]
+
+
+def trace_link(event_id, text: str | None = None) -> str:
+    """An admin link to the event's trace, for any app's admin (showing the event id by default)."""
+    return format_html('<a href="{}">{}</a>', reverse("admin:events_trace_event", args=[event_id]), text or event_id)
 
 
 def order_event_traces(order_id: int) -> list[EventTrace]:
