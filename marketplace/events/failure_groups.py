@@ -63,11 +63,14 @@ class FailureGroup:
     last_seen: datetime
 
 
-def open_failure_groups() -> list[FailureGroup]:
-    """Groups with failures still to handle (failed, or replay requested), largest first."""
+def open_failure_groups(*, key: str | None = None) -> list[FailureGroup]:
+    """Groups with failures still to handle (failed, or replay requested), largest first; only
+    the group ``key`` when given."""
+    failures = FailedEvent.objects.filter(status__in=OPEN)
+    if key is not None:
+        failures = failures.filter(group_key=key)
     rows = (
-        FailedEvent.objects.filter(status__in=OPEN)
-        .values("group_key", "subscriber", "exception_class", "message_pattern")
+        failures.values("group_key", "subscriber", "exception_class", "message_pattern")
         .annotate(count=Count("id"), first_seen=Min("first_failed_at"), last_seen=Max("last_failed_at"))
         .order_by("-count", "-last_seen")
     )
@@ -86,4 +89,4 @@ def open_failure_groups() -> list[FailureGroup]:
 
 
 def failure_group(key: str) -> FailureGroup | None:
-    return next((group for group in open_failure_groups() if group.key == key), None)
+    return next(iter(open_failure_groups(key=key)), None)
