@@ -20,8 +20,7 @@ from marketplace.events.services import (
     NotReplayable,
     failed_event_archive,
     failed_event_replay,
-    failure_group_archive,
-    failure_group_replay,
+    failure_group_apply,
     failure_group_steps,
 )
 
@@ -306,8 +305,7 @@ class FailedEventAdmin(admin.ModelAdmin):
             }
             return TemplateResponse(request, "admin/events/failedevent/group_confirm.html", context)
         if group.count < GROUP_PROGRESS_FROM:
-            run = failure_group_replay if action == "replay" else failure_group_archive
-            outcome = run(key=key, requested_by=request.user)
+            outcome = failure_group_apply(key=key, action=action, requested_by=request.user)
             self.message_user(request, _group_summary(action, outcome), messages.SUCCESS)
             return HttpResponseRedirect(groups_url)
         return StreamingHttpResponse(_progress_page(key, request.user, action, group.count, groups_url))

@@ -106,16 +106,9 @@ def failure_group_steps(*, key: str, action: str, requested_by=None) -> Iterator
         yield outcome
 
 
-def failure_group_replay(*, key: str, requested_by=None) -> GroupOutcome:
-    return _last(failure_group_steps(key=key, action="replay", requested_by=requested_by))
-
-
-def failure_group_archive(*, key: str, requested_by=None) -> GroupOutcome:
-    return _last(failure_group_steps(key=key, action="archive", requested_by=requested_by))
-
-
-def _last(steps: Iterator[GroupOutcome]) -> GroupOutcome:
+def failure_group_apply(*, key: str, action: str, requested_by=None) -> GroupOutcome:
+    """failure_group_steps run to the end: the final tally."""
     outcome = GroupOutcome()
-    for outcome in steps:  # noqa: B007 - the last tally is the result
+    for outcome in failure_group_steps(key=key, action=action, requested_by=requested_by):  # noqa: B007
         pass
     return outcome
