@@ -80,7 +80,14 @@ class RabbitCluster:
 @pytest.fixture(scope="session")
 def rabbit_cluster():
     cluster = RabbitCluster()
-    started_here = "already up" not in cluster.script("up")
+    try:
+        output = cluster.script("up")
+    except RuntimeError:
+        # A cluster left half-built (killed while joining, say) cannot heal itself; its data is
+        # only ever tests' and tries', so it is rebuilt from nothing.
+        cluster.script("down")
+        output = cluster.script("up")
+    started_here = "already up" not in output
     yield cluster
     if started_here:
         cluster.script("down")
