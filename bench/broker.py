@@ -117,15 +117,18 @@ def publish_envelopes(target: Target, envelopes: Iterable[dict]) -> int:
     return sent
 
 
-def publish_noop_tasks(target: Target, queue: str, count: int) -> int:
-    """``count`` no-op Celery task messages straight into ``queue`` (default exchange)."""
+def publish_noop_tasks(target: Target, queue: str, count: int, *, task: str = FLOOR_TASK) -> list[str]:
+    """``count`` no-op Celery task messages of ``task`` straight into ``queue`` (default
+    exchange); the event ids they carry."""
     from bench.floor.noop import app
 
+    ids = [str(uuid.uuid4()) for _ in range(count)]
     with Connection(target.broker_url, transport_options={"confirm_publish": True}) as conn:
         producer = Producer(conn.default_channel)
-        for i in range(count):
+        for i, event_id in enumerate(ids):
             task_id = str(uuid.uuid4())
-            message = app.amqp.as_task_v2(task_id, FLOOR_TASK, args=[{"order_id": i, "t_commit": time.time()}])
+            args = [{"id": event_id, "order_id": i, "t_commit": time.time()}]
+            message = app.amqp.as_task_v2(task_id, task, args=args)
             producer.publish(
                 message.body,
                 routing_key=queue,
@@ -135,7 +138,7 @@ def publish_noop_tasks(target: Target, queue: str, count: int) -> int:
                 retry=False,
                 **message.properties,
             )
-    return count
+    return ids
 
 
 def retry_queue_names(target: Target) -> list[str]:

@@ -28,6 +28,9 @@ ORDER_SUBSCRIBERS = topology.subscribers_of(EVENT_TYPE)
 # topology module, so a new subscriber gets its no-op twin).
 FLOOR_EXCHANGE = "bench.floor.events"
 FLOOR_TASK = "bench.floor.noop"
+# The exactly-once floor of a drain (bench/floor/marker.py): its task, and the subscriber name of its markers.
+MARKER_TASK = "bench.floor.marker"
+MARKER_SUBSCRIBER = "bench_marker"
 
 
 def floor_queue_name(subscriber: topology.Subscriber) -> str:

@@ -6,7 +6,7 @@ import shutil
 import time
 
 from bench import broker, data, profile
-from bench.config import ORDER_SUBSCRIBERS, floor_queue_name
+from bench.config import MARKER_SUBSCRIBER, MARKER_TASK, ORDER_SUBSCRIBERS, floor_queue_name
 from bench.processes import cpu_seconds, log
 from bench.scenarios import Context, paced, ramp, saturate, settle, sustained
 from marketplace.events import topology
@@ -123,6 +123,16 @@ def drain(ctx: Context) -> dict:
         result["noop"] = _drain_one(ctx, lambda: _noop_span(ctx, sub.name), f"floor-{sub.name}")
     finally:
         ctx.stack.stop(f"floor-{sub.name}")
+        broker.purge(ctx.target, [floor_queue_name(sub)])
+    # The exactly-once floor: our worker runtime claiming each event's marker, nothing else.
+    ids = broker.publish_noop_tasks(ctx.target, floor_queue_name(sub), n, task=MARKER_TASK)
+    ctx.stack.start_floor_workers(only=(sub,), app="bench.floor.marker", label="marker")
+    try:
+        result["marker"] = _drain_one(
+            ctx, lambda: data.processed_span(ctx.target, MARKER_SUBSCRIBER, ids), f"marker-{sub.name}"
+        )
+    finally:
+        ctx.stack.stop(f"marker-{sub.name}")
         broker.purge(ctx.target, [floor_queue_name(sub)])
     return result
 

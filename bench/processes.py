@@ -169,16 +169,19 @@ class Stack:
             self.start(sub.name, argv, **env)
         wait_consumers(self, [s.name for s in subs], [s.queue_name for s in subs])
 
-    def start_floor_workers(self, *, only: tuple[topology.Subscriber, ...] = ()) -> None:
-        """A no-op twin of each order subscriber's Procfile worker, on the floor's queue."""
+    def start_floor_workers(
+        self, *, only: tuple[topology.Subscriber, ...] = (), app: str = "bench.floor.noop", label: str = "floor"
+    ) -> None:
+        """A twin of each order subscriber's Procfile worker running ``app`` (by default the no-op
+        one), on the floor's queue, named ``<label>-<subscriber>``."""
         subs = only or ORDER_SUBSCRIBERS
         for sub in subs:
             argv = procfile_argv(sub.name, self.target.env())
-            argv = _replace(argv, "-A", "bench.floor.noop")
+            argv = _replace(argv, "-A", app)
             argv = _replace(argv, "-Q", floor_queue_name(sub))
-            argv = _replace(argv, "-n", f"floor-{sub.name}@%h")
-            self.start(f"floor-{sub.name}", argv, BENCH_SUBSCRIBER=sub.name)
-        wait_consumers(self, [f"floor-{s.name}" for s in subs], [floor_queue_name(s) for s in subs])
+            argv = _replace(argv, "-n", f"{label}-{sub.name}@%h")
+            self.start(f"{label}-{sub.name}", argv, BENCH_SUBSCRIBER=sub.name)
+        wait_consumers(self, [f"{label}-{s.name}" for s in subs], [floor_queue_name(s) for s in subs])
 
     def stop(self, *names: str) -> None:
         """Stop these processes together: SIGTERM to every group first, then wait for each."""
