@@ -6,9 +6,9 @@ notification (notify_sellers). order.cancelled: the buyer's cancellation email
 Both kinds go through the same machinery below, with their own Notification kind.
 
 Events can arrive out of order (an order.placed retried after its order.cancelled). Every
-notification of one order takes a transaction-scoped lock on the order first, and a new-order
-message is not sent to whoever was already told of the cancellation: nobody hears "confirmed"
-after "cancelled".
+notification of one order takes a lock on the order first (transaction-scoped, as pgbouncer's
+transaction pooling needs), and a new-order message is not sent to whoever was already told of
+the cancellation: nobody hears "confirmed" after "cancelled".
 
 Exactly-once effect: the marker row (ProcessedEvent / Notification) is inserted, the message is
 sent, and only then does the transaction commit. A failed send rolls the marker back so a retry
@@ -124,7 +124,15 @@ def _email_buyer_once(
         _lock_order(order["order_id"])
         if not claim_event(subscriber=ORDER_CONFIRMATION, event_id=envelope["id"]):
             return False
-        if superseded_by and Notification.objects.filter(order_id=order["order_id"], kind=superseded_by).exists():
+        notification = Notification(
+            event_id=envelope["id"],
+            kind=kind,
+            channel=Notification.Channel.EMAIL,
+            recipient=buyer["email"],
+            order_id=order["order_id"],
+        )
+        superseding = Notification.objects.filter(order_id=order["order_id"], kind=superseded_by)
+        if not insert_once(notification, unless=superseding if superseded_by else None):
             logger.info("order %s: %s not sent, the buyer was told it is cancelled", order["order_id"], what)
             return False
         send_email(
@@ -132,13 +140,6 @@ def _email_buyer_once(
                 subject=subject, body=body, to=[buyer["email"]], headers={"X-Marketplace-Event-Id": envelope["id"]}
             ),
             failure=f"order #{order['order_id']} {what} to the buyer via {mail_server()}",
-        )
-        Notification.objects.create(
-            event_id=envelope["id"],
-            kind=kind,
-            channel=Notification.Channel.EMAIL,
-            recipient=buyer["email"],
-            order_id=order["order_id"],
         )
     logger.info("order %s: %s emailed to %s", order["order_id"], what, buyer["email"])
     return True
@@ -252,12 +253,6 @@ def _notify_seller_once(
     sent the order's ``superseded_by`` notification; True if sent now."""
     order_id = envelope["data"]["order_id"]
     _lock_order(order_id)
-    if (
-        superseded_by
-        and Notification.objects.filter(order_id=order_id, kind=superseded_by, seller_id=seller.id).exists()
-    ):
-        logger.info("order %s: seller %s was told it is cancelled; not told of it as new", order_id, seller.id)
-        return False
     notification = Notification(
         event_id=envelope["id"],
         kind=kind,
@@ -266,7 +261,10 @@ def _notify_seller_once(
         recipient=seller.webhook_url or seller.email,
         order_id=order_id,
     )
-    if not insert_once(notification):
+    # A statement after the lock's: it sees a cancellation notice committed while the lock was awaited.
+    superseding = Notification.objects.filter(order_id=order_id, kind=superseded_by, seller_id=seller.id)
+    if not insert_once(notification, unless=superseding if superseded_by else None):
+        logger.info("order %s: seller %s was already told of it, or told it is cancelled", order_id, seller.id)
         return False
     if seller.webhook_url:
         _post_webhook(seller, envelope, lines)

@@ -51,22 +51,30 @@ def claim_event(*, subscriber: str, event_id: str | uuid.UUID) -> bool:
     return insert_once(ProcessedEvent(subscriber=subscriber, event_id=event_id))
 
 
-def insert_once(row: models.Model) -> bool:
-    """INSERT ``row`` unless a row with the same unique key exists; True if it was inserted.
+def insert_once(row: models.Model, *, unless: models.QuerySet | None = None) -> bool:
+    """INSERT ``row`` unless a row with the same unique key exists, or ``unless`` finds a row;
+    True if it was inserted.
 
     One statement, no savepoint (get_or_create costs a SELECT, a SAVEPOINT, the INSERT and a
-    RELEASE). Like the unique index itself, it waits for a concurrent insert of the same key to
-    commit (then inserts nothing) or roll back (then inserts).
+    RELEASE; an exists() first, one more round trip). Like the unique index itself, it waits for
+    a concurrent insert of the same key to commit (then inserts nothing) or roll back (then
+    inserts). ``unless`` sees what was committed when the statement started.
     """
     connection = transaction.get_connection()
     fields = [field for field in row._meta.concrete_fields if not field.primary_key]
     values = [field.get_db_prep_save(field.pre_save(row, add=True), connection) for field in fields]
+    if unless is None:
+        source, params = f"VALUES ({', '.join(['%s'] * len(fields))})", values
+    else:
+        # Cast: in a SELECT list the parameters do not take the types of the columns they go into.
+        selected = ", ".join(f"CAST(%s AS {field.cast_db_type(connection)})" for field in fields)
+        condition, condition_params = unless.values("pk").query.sql_with_params()
+        source, params = f"SELECT {selected} WHERE NOT EXISTS ({condition})", [*values, *condition_params]
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {connection.ops.quote_name(row._meta.db_table)} "
-            f"({', '.join(connection.ops.quote_name(field.column) for field in fields)}) "
-            f"VALUES ({', '.join(['%s'] * len(fields))}) ON CONFLICT DO NOTHING",
-            values,
+            f"INSERT INTO {connection.ops.quote_name(row._meta.db_table)} ({columns}) {source} ON CONFLICT DO NOTHING",
+            params,
         )
         return cursor.rowcount == 1
 

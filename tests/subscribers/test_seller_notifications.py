@@ -224,6 +224,24 @@ def test_the_processed_marker_costs_no_transaction_of_its_own(db, locmem_email):
     assert seller_processed(envelope)
 
 
+def test_each_seller_costs_a_lock_and_one_insert_and_every_lock_is_transaction_scoped(db, locmem_email):
+    envelope = envelope_for(SellerFactory(), SellerFactory(), SellerFactory())
+
+    with CaptureQueriesContext(connection) as queries:
+        assert notifications.notify_sellers(envelope=envelope) == 3
+
+    statements = [query["sql"].split()[:2] for query in queries]
+    locks = [query["sql"] for query in queries if "pg_advisory" in query["sql"]]
+    # Session locks would not survive pgbouncer's transaction pooling (docs/architecture.md).
+    assert len(locks) == 3
+    assert all("pg_advisory_xact_lock" in sql for sql in locks)
+    # The superseded check rides on the notification's INSERT: no SELECT of Notification of its own.
+    assert not any(
+        query["sql"].startswith("SELECT") and "notifications_notification" in query["sql"] for query in queries
+    )
+    assert sum(1 for words in statements if words[:2] == ["INSERT", "INTO"]) == 4  # three notifications, one marker
+
+
 @pytest.mark.workers
 def test_a_refusing_seller_is_dead_lettered_by_name_while_the_other_is_notified(
     workers, place_order, seller_webhook, other_webhook
