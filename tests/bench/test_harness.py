@@ -1,4 +1,5 @@
-"""The benchmark harness runs: a tiny load through the floor, the API-alone trio and the full stack.
+"""The benchmark harness runs: a tiny load through the floor, the API-alone trio, the full stack and
+the drains.
 
 Benchmarks are not timed tests: this checks the harness's structure (processes start and stop, the
 result has its keys, the report renders), never a speed. It runs on a database and a vhost of its
@@ -40,10 +41,10 @@ def target(tmp_path):
 
 
 def test_harness_runs_on_a_tiny_load(target, tmp_path):
-    results = run(target, TINY, only=["floor", "api_alone", "full_stack"], use_wrk=False)
+    results = run(target, TINY, only=["floor", "api_alone", "full_stack", "drain"], use_wrk=False)
 
     assert results["errors"] == {}
-    assert set(results["scenarios"]) == {"floor", "thin", "api_alone", "api_no_outbox", "full_stack"}
+    assert set(results["scenarios"]) == {"floor", "thin", "api_alone", "api_no_outbox", "full_stack", "drain"}
     for name in ("floor", "thin", "api_alone", "api_no_outbox", "full_stack"):
         window = results["scenarios"][name]
         assert window["tool"] == "python"
@@ -56,6 +57,10 @@ def test_harness_runs_on_a_tiny_load(target, tmp_path):
     assert {"events", "complete", "p99_ms"} <= set(floor["at_60"]["done"])
     assert {"web", "relay", "recorder", *(s.name for s in topology.SUBSCRIBERS)} <= set(full["cpu_ms_per_order"])
     assert full["seller_failing"]["failed"] == 0  # the event-driven API never fails an order for a seller
+    drain = results["scenarios"]["drain"]
+    assert set(drain["subscribers"]) == {s.name for s in topology.subscribers_of("order.placed")}
+    for drained in (*drain["subscribers"].values(), drain["noop"], drain["marker"]):  # the marker: exactly-once floor
+        assert drained["done"] == drain["events"]
 
     output = tmp_path / "report.md"
     report.write(results, output)
