@@ -20,6 +20,7 @@ from marketplace.celery import app as celery_app
 from marketplace.events import outbox, topology
 from tests.support.broker import EventTap, purge_subscriber_queues, rabbitmqctl
 from tests.support.faults import Faults
+from tests.support.tcp_proxy import TcpProxy
 from tests.support.webhooks import SellerWebhook
 from tests.support.workers import (
     ROOT,
@@ -205,3 +206,16 @@ def seller_webhook():
     webhook = SellerWebhook()
     yield webhook
     webhook.close()
+
+
+# --- the database, unreachable on purpose ------------------------------------------------------
+
+
+@pytest.fixture
+def database_proxy():
+    """A TCP proxy in front of the test database, to cut and restore: PostgreSQL unreachable for
+    whoever connects through it, and for no one else."""
+    database = connection.settings_dict
+    proxy = TcpProxy(database["HOST"] or "127.0.0.1", int(database["PORT"] or 5432))
+    yield proxy
+    proxy.cut()

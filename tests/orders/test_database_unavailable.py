@@ -14,15 +14,6 @@ from django.test import RequestFactory
 from marketplace.problems import PROBLEM_BASE_URI, PROBLEM_CONTENT_TYPE, server_error_view
 from orders.models import Order
 from tests.factories import BuyerFactory, ProductFactory, token_for
-from tests.support.tcp_proxy import TcpProxy
-
-
-@pytest.fixture
-def database_proxy():
-    database = connection.settings_dict
-    proxy = TcpProxy(database["HOST"] or "127.0.0.1", int(database["PORT"] or 5432))
-    yield proxy
-    proxy.cut()
 
 
 @pytest.fixture

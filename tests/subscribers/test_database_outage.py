@@ -13,21 +13,12 @@ from marketplace.events import topology
 from marketplace.events.models import ProcessedEvent
 from segmentation.models import CustomerProfile
 from tests.support.broker import queue_depth
-from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import eventually
 from tests.support.workers import TEST_RETRY_ENV, record_dead_letters
 
 pytestmark = [pytest.mark.workers]
 
 MAX_RETRIES = int(TEST_RETRY_ENV["SUBSCRIBER_MAX_RETRIES"])
-
-
-@pytest.fixture
-def database_proxy():
-    settings = connection.settings_dict
-    proxy = TcpProxy(settings["HOST"] or "127.0.0.1", int(settings["PORT"] or 5432))
-    yield proxy
-    proxy.cut()
 
 
 def test_a_database_outage_longer_than_the_retry_budget_loses_and_dead_letters_nothing(
