@@ -131,9 +131,7 @@ def _email_buyer_once(
             recipient=buyer["email"],
             order_id=order["order_id"],
         )
-        superseding = (
-            Notification.objects.filter(order_id=order["order_id"], kind=superseded_by) if superseded_by else None
-        )
+        superseding = {"order_id": order["order_id"], "kind": superseded_by} if superseded_by else None
         if not insert_once(notification, unless=superseding):
             logger.info("order %s: %s not sent, the buyer was told it is cancelled", order["order_id"], what)
             return False
@@ -264,11 +262,7 @@ def _notify_seller_once(
         order_id=order_id,
     )
     # A statement after the lock's: it sees a cancellation notice committed while the lock was awaited.
-    superseding = (
-        Notification.objects.filter(order_id=order_id, kind=superseded_by, seller_id=seller.id)
-        if superseded_by
-        else None
-    )
+    superseding = {"order_id": order_id, "kind": superseded_by, "seller_id": seller.id} if superseded_by else None
     if not insert_once(notification, unless=superseding):
         logger.info("order %s: seller %s was already told of it, or told it is cancelled", order_id, seller.id)
         return False

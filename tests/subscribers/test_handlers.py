@@ -1,13 +1,16 @@
 """The subscriber handlers are plain functions: called directly, as from a shell."""
 
 import threading
+import uuid
 from decimal import Decimal
 
 import pytest
 from django.core import mail
-from django.db import connection
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from marketplace.events.models import OutboxEvent, ProcessedEvent
+from marketplace.events.subscriber import insert_once
 from marketplace.mail import EmailNotSent
 from notifications import handlers as notifications
 from notifications.models import Notification
@@ -122,3 +125,42 @@ def test_two_deliveries_of_one_event_at_the_same_moment_count_once(transactional
 
     assert sorted(outcomes) == [False, False, False, True]
     assert CustomerProfile.objects.get(buyer=buyer).order_count == 1
+
+
+def test_a_known_buyers_profile_is_locked_by_one_statement(placed):
+    buyer, _, envelope = placed
+    segmentation.update_customer_segment(envelope=envelope)
+    second = dict(envelope, id=str(uuid.uuid4()), data={**envelope["data"], "order_id": 10**9})
+
+    with CaptureQueriesContext(connection) as queries:
+        assert segmentation.update_customer_segment(envelope=second) is True
+
+    profile_queries = [query["sql"] for query in queries if "segmentation_customerprofile" in query["sql"]]
+    assert profile_queries[0].startswith("SELECT")
+    assert profile_queries[0].endswith("FOR UPDATE")
+    assert not any(sql.startswith("INSERT") for sql in profile_queries)
+    assert CustomerProfile.objects.get(buyer=buyer).order_count == 2
+
+
+def test_insert_once_skips_a_row_when_a_row_of_the_same_table_has_the_given_values(db):
+    seller = SellerFactory()
+    told_of_cancellation = {"order_id": 7, "kind": Notification.Kind.SELLER_ORDER_CANCELLED, "seller_id": seller.pk}
+    Notification.objects.create(
+        event_id=uuid.uuid4(), channel=Notification.Channel.EMAIL, recipient=seller.email, **told_of_cancellation
+    )
+    new_order = Notification(
+        event_id=uuid.uuid4(),
+        kind=Notification.Kind.SELLER_ORDER,
+        channel=Notification.Channel.EMAIL,
+        recipient=seller.email,
+        order_id=7,
+        seller_id=seller.pk,
+    )
+
+    with transaction.atomic():
+        assert not insert_once(new_order, unless=told_of_cancellation)
+        assert insert_once(new_order, unless={**told_of_cancellation, "order_id": 8})
+        assert not insert_once(new_order)  # its unique key is taken now
+        with pytest.raises(ValueError, match="would never match"):
+            insert_once(new_order, unless={"seller_id": None})
+    assert Notification.objects.filter(kind=Notification.Kind.SELLER_ORDER).count() == 1
