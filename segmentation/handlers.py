@@ -129,8 +129,15 @@ def remove_cancelled_order(*, envelope: dict[str, Any]) -> bool:
 
 def _locked_profile(*, buyer_id: int) -> CustomerProfile:
     """The buyer's profile, locked until the transaction ends: one buyer's events take turns."""
-    profile, _ = CustomerProfile.objects.select_for_update().get_or_create(buyer_id=buyer_id)
+    # Raw SQL for the usual case, a profile that exists: composing this query through the ORM for
+    # every event cost more CPU than the database spent running it.
+    profile = next(iter(CustomerProfile.objects.raw(_LOCK_PROFILE, [buyer_id])), None)
+    if profile is None:
+        profile, _ = CustomerProfile.objects.select_for_update().get_or_create(buyer_id=buyer_id)
     return profile
+
+
+_LOCK_PROFILE = f"SELECT * FROM {CustomerProfile._meta.db_table} WHERE buyer_id = %s FOR UPDATE"
 
 
 def _order_span(profile: CustomerProfile) -> tuple[datetime | None, datetime | None]:
