@@ -124,7 +124,7 @@ class Target:
             DJANGO_SETTINGS_MODULE="marketplace.settings",
             DJANGO_DEBUG="false",
             DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
-            EMAIL_BACKEND="django.core.mail.backends.locmem.EmailBackend",
+            EMAIL_BACKEND="bench.mail.EmailBackend",
             LOG_LEVEL="WARNING",
             PYTHONUNBUFFERED="1",
             PYTHONPATH=str(ROOT),

@@ -119,13 +119,26 @@ def processed_span(target: Target, subscriber: str, event_ids: list[str]) -> tup
 
 
 def drain_envelopes(target: Target, count: int) -> list[dict]:
-    """``count`` real order.placed envelopes from the outbox, each with a fresh event id."""
+    """``count`` real order.placed envelopes from the outbox, each with a fresh event id and an order
+    id of its own (past every real order's), so every event is a new order to every subscriber,
+    as a backlog of new orders would be: none takes a subscriber's cheaper already-seen path."""
     rows = execute(
         target, "SELECT envelope FROM events_outboxevent WHERE event_type = %s ORDER BY id DESC LIMIT 500", [EVENT_TYPE]
     )
     if not rows:
         raise RuntimeError("no outbox rows to build a backlog from")
-    return [dict(rows[i % len(rows)][0], id=str(uuid.uuid4())) for i in range(count)]
+    # Past every order any subscriber has seen, real or from an earlier backlog.
+    first_id = execute(
+        target,
+        "SELECT GREATEST((SELECT COALESCE(max(id), 0) + 1000000 FROM orders_order), "
+        "(SELECT COALESCE(max(order_id), 0) + 1 FROM segmentation_customerorder), "
+        "(SELECT COALESCE(max(order_id), 0) + 1 FROM notifications_notification))",
+    )[0][0]
+    envelopes = []
+    for i in range(count):
+        envelope = rows[i % len(rows)][0]
+        envelopes.append(dict(envelope, id=str(uuid.uuid4()), data=dict(envelope["data"], order_id=first_id + i)))
+    return envelopes
 
 
 def floor_done(done_dir: Path, started: float, ended: float) -> dict:

@@ -148,6 +148,7 @@ def bounds(results: dict) -> list[str]:
             f"transaction (what exactly-once needs of every subscriber) drains {marker / noop:.2f}x as fast as "
             "a no-op Celery task; no subscriber can drain faster than that."
         )
+    out += _drain_cpu_split(results)
     prof = _get(results, "full_stack", "profile") or {}
     for name, p in prof.items():
         if p.get("self_by_package"):
@@ -158,6 +159,25 @@ def bounds(results: dict) -> list[str]:
                 + ", ".join(f"`{f}` {pct}%" for f, pct in p.get("inclusive_project", [])[1:4])
             )
     return out or ["- (no CPU or profile data in this run)"]
+
+
+def _drain_cpu_split(results: dict) -> list[str]:
+    """Each drained subscriber's worker CPU per event, split by the two floors: what a no-op Celery
+    task costs, what our runtime and the exactly-once marker add, and what is left to the handler."""
+    noop = _get(results, "drain", "noop", "cpu_ms_per_event")
+    marker = _get(results, "drain", "marker", "cpu_ms_per_event")
+    subscribers = _get(results, "drain", "subscribers") or {}
+    if not (noop and marker and subscribers):
+        return []
+    parts = [
+        f"{name} {d['cpu_ms_per_event']:.2f} ms = {noop:.2f} + {marker - noop:.2f} + {d['cpu_ms_per_event'] - marker:.2f}"
+        for name, d in subscribers.items()
+        if d.get("cpu_ms_per_event")
+    ]
+    return [
+        "- **Where a drained event's worker CPU goes** (no-op Celery task + our runtime and the marker claim + "
+        "the handler's own work): " + "; ".join(parts) + "."
+    ]
 
 
 def cpu_table(results: dict) -> list[str]:
