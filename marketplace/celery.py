@@ -5,9 +5,11 @@ from celery import Celery
 from celery.signals import task_prerun, worker_init
 from kombu import Producer, Queue
 
-from marketplace.events import topology
+from marketplace.events import amqp_frames, topology
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings")
+# Before any connection reads a message: no header frame may stop a reader (see amqp_frames.py).
+amqp_frames.install()
 
 app = Celery("marketplace")
 app.config_from_object("django.conf:settings", namespace="CELERY")
