@@ -14,21 +14,25 @@ a dead-letter queue's depth is the number of open failures of its subscriber.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import math
 import traceback as tb
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from django.core.mail import mail_admins
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.db import connection as db_connection
-from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 from kombu import Connection, Producer
 
-from marketplace.events import topology
+from marketplace.events import amqp_frames, topology
 from marketplace.events.failure_groups import grouping_fields
 from marketplace.events.models import FailedEvent, FailedEventReplay
 
@@ -45,6 +49,7 @@ EXCEPTION_MESSAGE = "marketplace-exception-message"
 TRACEBACK = "marketplace-traceback"
 DEAD_LETTER_ID = "marketplace-dead-letter-id"
 REPLAY_OF = "marketplace-replay-of"
+PARK_REASON = "marketplace-park-reason"
 FAILURE_HEADERS = (FIRST_FAILED_AT, LAST_FAILED_AT, EXCEPTION_CLASS, EXCEPTION_MESSAGE, TRACEBACK, DEAD_LETTER_ID)
 
 # AMQP sends all headers in one frame (128 KiB by default): keep the failure well inside it.
@@ -52,6 +57,10 @@ MAX_MESSAGE_CHARS = 4_000
 MAX_TRACEBACK_CHARS = 32_000
 # What the database keeps of a message body; larger bodies stay whole in the dead-letter queue.
 MAX_STORED_BODY_BYTES = 16 * 1024 * 1024
+# Nesting kept of a header table; deeper levels are stored as text.
+MAX_HEADER_DEPTH = 32
+# Counts read from headers (attempts, deliveries) fit the database's integer columns.
+MAX_COUNT = 2**31 - 1
 # The AMQP properties a republished message keeps (headers, content type and encoding aside).
 KEPT_PROPERTIES = ("message_id", "correlation_id", "type", "app_id", "timestamp")
 REMOVABLE = (FailedEvent.Status.RESOLVED, FailedEvent.Status.ARCHIVED, FailedEvent.Status.REPLAYING)
@@ -116,17 +125,19 @@ def republish(producer: Producer, message, *, exchange: str, routing_key: str, h
 
 def without_broker_headers(headers: dict[str, Any]) -> dict[str, Any]:
     """``headers`` without RabbitMQ's own (x-death, x-first-death-*, ...), for a new dead-lettering."""
-    return {k: v for k, v in headers.items() if not k.startswith("x-")}
+    return {k: v for k, v in headers.items() if not (isinstance(k, str) and k.startswith("x-"))}
 
 
 # --- the projection: message -> FailedEvent ----------------------------------------------------
 
 
 def decoded_envelope(body: bytes, headers: dict[str, Any]) -> Any:
-    """The event a dead letter carries: a raw envelope, or the first argument of a Celery task."""
+    """The event a dead letter carries: a raw envelope, or the first argument of a Celery task;
+    None for anything else. Any failure to read the bytes means "no event": json raises more
+    than ValueError on untrusted input (RecursionError for deep nesting)."""
     try:
         decoded = json.loads(body)
-    except (ValueError, UnicodeDecodeError, TypeError):
+    except Exception:
         return None
     if "task" in headers and isinstance(decoded, list) and decoded and isinstance(decoded[0], list | tuple):
         args = decoded[0]
@@ -150,26 +161,63 @@ def safe_text(value: Any, limit: int | None = None) -> str:
 
 
 def safe_json(value: Any) -> Any:
-    """``value`` if jsonb can hold it (no NUL escapes), else None."""
+    """``value`` if jsonb can hold it, else None: no NUL, no lone surrogate, no NaN or infinity
+    (Python's json reads them all; PostgreSQL refuses them)."""
     try:
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
         text = json.dumps(value)
-    except (TypeError, ValueError):
+    except Exception:  # anything json cannot write (deep nesting raises RecursionError)
         return None
     return None if "\\u0000" in text else value
 
 
 def jsonable_headers(headers: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(safe_text(json.dumps(headers, default=str)))
+    """The headers as JSON PostgreSQL can hold, whatever AMQP types they arrived as (bytes keys and
+    values, decimals, timestamps, nested tables and arrays)."""
+    return json.loads(safe_text(json.dumps(_jsonable(headers), default=str)))
+
+
+def _jsonable(value: Any, depth: int = 0) -> Any:
+    if depth > MAX_HEADER_DEPTH:
+        return safe_text(repr(value), 1000)
+    if isinstance(value, dict):
+        return {safe_text(key, 1000): _jsonable(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item, depth + 1) for item in value]
+    if isinstance(value, str | bytes | bytearray | memoryview):
+        return safe_text(bytes(value) if not isinstance(value, str) else value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def header_int(headers: dict[str, Any], name: str, default: int = 0) -> int:
+    """An integer header as a count we can store, whatever a publisher put there."""
+    value = headers.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | str | bytes):
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        return default
+    return number if 0 <= number <= MAX_COUNT else default
+
+
+def header_text(headers: dict[str, Any], name: str, default: str = "") -> str:
+    value = headers.get(name)
+    return default if value is None or isinstance(value, dict | list) else safe_text(value)
 
 
 def dead_letter_key(body: bytes, headers: dict[str, Any]) -> str:
     """One dead-lettering of one message: the same key when the recorder sees it again."""
-    if headers.get(DEAD_LETTER_ID):
-        return str(headers[DEAD_LETTER_ID])
+    if header_text(headers, DEAD_LETTER_ID):
+        return header_text(headers, DEAD_LETTER_ID)[:64]
     deaths = headers.get("x-death") or [{}]
-    first = deaths[0] if isinstance(deaths, list) and deaths else {}
-    marker = json.dumps([first.get("time"), first.get("count"), first.get("reason"), first.get("queue")], default=str)
-    return hashlib.sha256(body + marker.encode()).hexdigest()
+    first = deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
+    marker = json.dumps(
+        _jsonable([first.get("time"), first.get("count"), first.get("reason"), first.get("queue")]), default=str
+    )
+    return hashlib.sha256(body + marker.encode("utf-8", errors="backslashreplace")).hexdigest()
 
 
 def body_bytes(message) -> bytes:
@@ -177,7 +225,10 @@ def body_bytes(message) -> bytes:
     body = message.body
     if isinstance(body, bytes):
         return body
-    return body.encode(message.content_encoding or "utf-8", errors="surrogateescape")
+    try:
+        return body.encode(message.content_encoding or "utf-8", errors="surrogateescape")
+    except Exception:  # an encoding that decodes but cannot encode back (idna, ...)
+        return body.encode("utf-8", errors="surrogatepass")
 
 
 def body_digest(body: bytes) -> str:
@@ -193,9 +244,9 @@ def record_lookup(envelope: Any, body: bytes) -> tuple[uuid.UUID | None, dict[st
 
 def _broker_failure(headers: dict[str, Any]) -> tuple[str, str, int]:
     """(exception class, message, deliveries) for a message RabbitMQ dead-lettered by itself."""
-    reason = headers.get("x-first-death-reason") or "unknown"
-    queue = headers.get("x-first-death-queue") or "?"
-    deliveries = int(headers.get("x-delivery-count") or 0)
+    reason = header_text(headers, "x-first-death-reason", "unknown")[:100]
+    queue = header_text(headers, "x-first-death-queue", "?")[:300]
+    deliveries = header_int(headers, "x-delivery-count")
     if reason == "delivery_limit":
         # RabbitMQ dead-letters a message once it has been returned more than the limit allows.
         deliveries = topology.DELIVERY_LIMIT + 1
@@ -208,32 +259,81 @@ def _broker_failure(headers: dict[str, Any]) -> tuple[str, str, int]:
     return (f"marketplace.DeadLettered.{reason}", f"RabbitMQ dead-lettered it from {queue} ({reason})", deliveries)
 
 
-def record(*, subscriber: topology.Subscriber, body: bytes, headers: dict[str, Any], content_type: str = "") -> bool:
-    """Write (or update) the FailedEvent of one dead letter; False if it was already recorded."""
+class Unrecordable(Exception):
+    """The database refused even the plainest record of a dead letter (not an outage)."""
+
+
+@dataclass
+class Failure:
+    """What one dead letter's FailedEvent says, read from the message (see read_failure)."""
+
+    event_id: uuid.UUID | None
+    lookup: dict[str, Any]
+    digest: str
+    key: str
+    attempts: int
+    first_failed_at: datetime
+    fields: dict[str, Any]
+
+
+def record(*, subscriber: topology.Subscriber, body: bytes, headers: Any, content_type: Any = "") -> bool:
+    """Write (or update) the FailedEvent of one dead letter; False if it was already recorded.
+
+    Whatever the message holds: one that cannot be read (or whose reading the database refuses)
+    is recorded as unreadable, with its bytes and what went wrong. Raises only for an outage of
+    our own database (OperationalError, InterfaceError: wait and try again) and Unrecordable.
+    """
+    try:
+        failure = read_failure(subscriber=subscriber, body=body, headers=headers, content_type=content_type)
+    except Exception as exc:
+        logger.exception("a dead letter of %s could not be read; recording it as unreadable", subscriber.name)
+        failure = unreadable_failure(subscriber=subscriber, body=body, content_type=content_type, exc=exc)
+    try:
+        return _write_failure(subscriber, failure)
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception as exc:
+        if failure.fields["exception_class"] == UNREADABLE:
+            raise Unrecordable(f"{exception_name(exc)}: {exc}") from exc
+        logger.exception(
+            "the database refused the record of a dead letter of %s; recording it as unreadable", subscriber.name
+        )
+        failure = unreadable_failure(subscriber=subscriber, body=body, content_type=content_type, exc=exc)
+    try:
+        return _write_failure(subscriber, failure)
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception as exc:
+        raise Unrecordable(f"{exception_name(exc)}: {exc}") from exc
+
+
+def read_failure(*, subscriber: topology.Subscriber, body: bytes, headers: Any, content_type: Any) -> Failure:
+    if not isinstance(headers, dict):
+        raise TypeError(f"headers are {type(headers).__name__}, not a table")
     envelope = decoded_envelope(body, headers)
     event_id, lookup = record_lookup(envelope, body)
-    key = dead_letter_key(body, headers)
     if EXCEPTION_CLASS in headers:
-        exception_class = safe_text(headers[EXCEPTION_CLASS], 200)
-        exception_message = safe_text(headers.get(EXCEPTION_MESSAGE, ""))
-        attempts = int(headers.get(ATTEMPTS) or 1)
+        exception_class = header_text(headers, EXCEPTION_CLASS)[:200]
+        exception_message = header_text(headers, EXCEPTION_MESSAGE)
+        attempts = max(header_int(headers, ATTEMPTS, 1), 1)
     else:
         exception_class, exception_message, attempts = _broker_failure(headers)
     payload = safe_json(envelope) if isinstance(envelope, dict) else None
     now = timezone.now()
+    event_type = envelope.get("type", "") if isinstance(envelope, dict) else ""
     fields = {
-        "event_type": safe_text(envelope.get("type", ""), 100) if isinstance(envelope, dict) else "",
+        "event_type": safe_text(event_type, 100) if isinstance(event_type, str) else "",
         "payload": payload,
         "raw_body": "" if payload is not None else safe_text(body[:100_000]),
         "body": body[:MAX_STORED_BODY_BYTES],
         "body_size": len(body),
-        "content_type": safe_text(content_type, 100),
+        "content_type": safe_text(content_type or "", 100),
         "headers": jsonable_headers({k: v for k, v in headers.items() if k != TRACEBACK}),
-        "dead_letter_key": key,
+        "dead_letter_key": dead_letter_key(body, headers),
         "status": FailedEvent.Status.FAILED,
         "exception_class": exception_class,
         "exception_message": exception_message,
-        "traceback": safe_text(headers.get(TRACEBACK, "")),
+        "traceback": header_text(headers, TRACEBACK),
         "last_failed_at": parse_time(headers.get(LAST_FAILED_AT)) or now,
         "resolved_at": None,
         "in_dead_letter_queue": True,
@@ -241,45 +341,115 @@ def record(*, subscriber: topology.Subscriber, body: bytes, headers: dict[str, A
             subscriber=subscriber.name, exception_class=exception_class, exception_message=exception_message
         ),
     }
+    return Failure(
+        event_id=event_id,
+        lookup=lookup,
+        digest=body_digest(body),
+        key=fields["dead_letter_key"],
+        attempts=attempts,
+        first_failed_at=parse_time(headers.get(FIRST_FAILED_AT)) or now,
+        fields=fields,
+    )
+
+
+UNREADABLE = "marketplace.UnreadableDeadLetter"
+
+
+def unreadable_failure(
+    *, subscriber: topology.Subscriber, body: bytes, content_type: Any, exc: BaseException
+) -> Failure:
+    """The plainest record of a dead letter: its bytes and why it could not be read. Nothing of
+    it is taken from the message's headers or parsed from its body."""
+    now = timezone.now()
+    message = f"the recorder could not read this dead letter: {exception_name(exc)}: {safe_text(exc, 2000)}"
+    digest = body_digest(body)
+    return Failure(
+        event_id=None,
+        lookup={"event_id": None, "body_digest": digest},
+        digest=digest,
+        key=digest,
+        attempts=1,
+        first_failed_at=now,
+        fields={
+            "event_type": "",
+            "payload": None,
+            "raw_body": safe_text(body[:100_000]),
+            "body": body[:MAX_STORED_BODY_BYTES],
+            "body_size": len(body),
+            "content_type": safe_text(content_type, 100) if isinstance(content_type, str | bytes) else "",
+            "headers": {},
+            "dead_letter_key": digest,
+            "status": FailedEvent.Status.FAILED,
+            "exception_class": UNREADABLE,
+            "exception_message": message,
+            "traceback": safe_text("".join(tb.format_exception(exc)))[-MAX_TRACEBACK_CHARS:],
+            "last_failed_at": now,
+            "resolved_at": None,
+            "in_dead_letter_queue": True,
+            **grouping_fields(subscriber=subscriber.name, exception_class=UNREADABLE, exception_message=message),
+        },
+    )
+
+
+def _write_failure(subscriber: topology.Subscriber, failure: Failure) -> bool:
+    """Insert or update the record; a concurrent recorder inserting the same one first is waited
+    for by the unique index, and then this one updates it."""
+    try:
+        created = _upsert_failure(subscriber, failure)
+    except IntegrityError:
+        created = _upsert_failure(subscriber, failure)
+    if created:
+        logger.error(
+            "recorded dead letter of %s: event %s, %s: %s",
+            subscriber.name,
+            failure.event_id or "(no id)",
+            failure.fields["exception_class"],
+            failure.fields["exception_message"][:500],
+        )
+        _alert(
+            subscriber=subscriber,
+            event_id=failure.event_id,
+            exception_class=failure.fields["exception_class"],
+            message=failure.fields["exception_message"],
+        )
+    return created
+
+
+def _upsert_failure(subscriber: topology.Subscriber, failure: Failure) -> bool:
     with transaction.atomic():
-        failed = FailedEvent.objects.select_for_update().filter(subscriber=subscriber.name, **lookup).first()
-        if failed is not None and failed.dead_letter_key == key:
+        failed = FailedEvent.objects.select_for_update().filter(subscriber=subscriber.name, **failure.lookup).first()
+        if failed is not None and failed.dead_letter_key == failure.key:
             return False
         if failed is None:
             FailedEvent.objects.create(
                 subscriber=subscriber.name,
-                event_id=event_id,
-                body_digest=body_digest(body),
-                attempts=attempts,
-                first_failed_at=parse_time(headers.get(FIRST_FAILED_AT)) or now,
-                **fields,
+                event_id=failure.event_id,
+                body_digest=failure.digest,
+                attempts=failure.attempts,
+                first_failed_at=failure.first_failed_at,
+                **failure.fields,
             )
         else:
-            FailedEvent.objects.filter(pk=failed.pk).update(attempts=failed.attempts + attempts, **fields)
+            attempts = min(failed.attempts + failure.attempts, MAX_COUNT)
+            FailedEvent.objects.filter(pk=failed.pk).update(attempts=attempts, **failure.fields)
             # A replay that failed again: its audit row says so.
             FailedEventReplay.objects.filter(
                 failed_event=failed,
                 action=FailedEventReplay.Action.REPLAY,
                 outcome=FailedEventReplay.Outcome.PENDING,
-            ).update(outcome=FailedEventReplay.Outcome.FAILED, finished_at=now)
-    logger.error(
-        "recorded dead letter of %s: event %s, %s: %s",
-        subscriber.name,
-        event_id or "(no id)",
-        exception_class,
-        exception_message[:500],
-    )
-    _alert(subscriber=subscriber, event_id=event_id, exception_class=exception_class, message=exception_message)
+            ).update(outcome=FailedEventReplay.Outcome.FAILED, finished_at=timezone.now())
     return True
 
 
 def parse_time(value: Any) -> datetime | None:
-    if not value:
+    """An ISO 8601 header as an aware datetime (UTC if it names no zone); None if it is not one."""
+    if not isinstance(value, str | bytes) or not value:
         return None
     try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(safe_text(value).replace("Z", "+00:00"))
     except ValueError:
         return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _alert(*, subscriber: topology.Subscriber, event_id, exception_class: str, message: str) -> None:
@@ -299,36 +469,109 @@ def _alert(*, subscriber: topology.Subscriber, event_id, exception_class: str, m
         logger.exception("could not alert admins about event %s", event_id)
 
 
+def park(connection: Connection, message, *, reason: str) -> None:
+    """Set a message aside in the parked queue, with why, and alert: for what cannot be recorded.
+
+    Published with the message's bytes and, where they can be written back, its headers; raises
+    only if the broker connection fails (the message is then still unacknowledged).
+    """
+    logger.error("parking a dead letter in %s: %s", topology.PARKED_QUEUE_NAME, reason)
+    producer = Producer(connection.default_channel)
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    try:
+        republish(
+            producer,
+            message,
+            exchange="",
+            routing_key=topology.PARKED_QUEUE_NAME,
+            headers={**without_broker_headers(headers), PARK_REASON: safe_text(reason, MAX_MESSAGE_CHARS)},
+        )
+    except connection.connection_errors:
+        raise
+    except Exception:
+        producer.publish(
+            body_bytes(message),
+            exchange="",
+            routing_key=topology.PARKED_QUEUE_NAME,
+            headers={
+                PARK_REASON: safe_text(reason, MAX_MESSAGE_CHARS),
+                "marketplace-original-headers": safe_text(repr(headers), MAX_MESSAGE_CHARS),
+            },
+            content_type="application/octet-stream",
+            content_encoding="binary",
+            serializer=None,
+            delivery_mode=2,
+        )
+    try:
+        mail_admins(
+            subject="[marketplace] a dead letter could not be recorded",
+            message=(
+                f"The dead-letter recorder could not record a message: {reason}\n\n"
+                f"It is in the queue {topology.PARKED_QUEUE_NAME}, with that reason in its "
+                f"{PARK_REASON} header, and the metric marketplace_parked_dead_letters counts it. "
+                "Inspect it in the RabbitMQ management UI (Queues > Get messages)."
+            ),
+            fail_silently=True,
+        )
+    except Exception:  # an alert must never turn into a second failure
+        logger.exception("could not alert admins about a parked dead letter")
+
+
 # --- compaction: closed failures leave the dead-letter queue ----------------------------------
 
 
 def compact(connection: Connection, subscriber: topology.Subscriber) -> int:
-    """Remove the messages of resolved, archived and replayed failures from ``.dead``; keep one
-    message per open failure. Returns how many messages were removed.
+    """Remove the messages of resolved, archived and replayed failures from ``.dead``, keep one
+    message per open failure, and record any message found there without a record. Returns how
+    many messages were removed.
 
     A pass takes each message that was in the queue when it started: a closed failure's message
     is acknowledged (gone); an open one's is published again at the tail, confirmed, then
-    acknowledged. A message the recorder has not recorded yet is kept.
+    acknowledged. A message with no record (published straight to the queue, or left by an older
+    release or another deployment) is recorded first, so that the queue's depth, which the
+    dead-letter alerts watch, is always a count of failures an operator can see.
     """
     closing = list(
         FailedEvent.objects.filter(
             subscriber=subscriber.name, in_dead_letter_queue=True, status__in=REMOVABLE
         ).values_list("pk", flat=True)
     )
-    if not closing:
+    if not closing and not _may_hold_unrecorded(connection, subscriber):
         return 0
     with transaction.atomic():
         if not _locked_for_compaction(subscriber):
             return 0
-        channel = connection.channel()
+        channel = amqp_frames.raw_bodies(connection.channel())
         try:
-            removed = _compaction_pass(channel, subscriber)
+            removed = _compaction_pass(channel, subscriber, connection.connection_errors)
         finally:
             channel.close()
         FailedEvent.objects.filter(pk__in=closing, status__in=REMOVABLE).update(in_dead_letter_queue=False)
     if removed:
         logger.info("removed %d closed failure(s) from %s", removed, subscriber.dead_letter_queue_name)
     return removed
+
+
+def _may_hold_unrecorded(connection: Connection, subscriber: topology.Subscriber) -> bool:
+    """More messages in ``.dead`` than open failures say are there, with the recorder's inbox
+    empty (a backlog there explains the difference until it is recorded)."""
+    channel = connection.channel()
+    try:
+        _, depth, _ = channel.queue_declare(queue=subscriber.dead_letter_queue_name, passive=True)
+        if not depth:
+            return False
+        _, inbox, _ = channel.queue_declare(queue=topology.RECORDER_QUEUE_NAME, passive=True)
+    except connection.channel_errors:
+        return False  # a queue is missing: the topology check reports it, the relay heals it
+    finally:
+        with contextlib.suppress(*connection.connection_errors, *connection.channel_errors):
+            channel.close()
+    if inbox:
+        return False
+    held = FailedEvent.objects.filter(
+        subscriber=subscriber.name, in_dead_letter_queue=True, status=FailedEvent.Status.FAILED
+    ).count()
+    return depth > held
 
 
 def _locked_for_compaction(subscriber: topology.Subscriber) -> bool:
@@ -340,7 +583,7 @@ def _locked_for_compaction(subscriber: topology.Subscriber) -> bool:
         return cursor.fetchone()[0]
 
 
-def _compaction_pass(channel, subscriber: topology.Subscriber) -> int:
+def _compaction_pass(channel, subscriber: topology.Subscriber, broker_errors: tuple[type[Exception], ...]) -> int:
     queue = subscriber.dead_letter_queue(channel)
     _, depth, _ = channel.queue_declare(queue=queue.name, passive=True)
     producer = Producer(channel)  # the recorder's connection confirms every publish
@@ -350,19 +593,48 @@ def _compaction_pass(channel, subscriber: topology.Subscriber) -> int:
         message = queue.get(no_ack=False)
         if message is None:
             break
-        headers = message.headers or {}
-        body = body_bytes(message)
-        _, lookup = record_lookup(decoded_envelope(body, headers), body)
-        identity = str(lookup.get("body_digest") or lookup["event_id"])
-        status = (
-            FailedEvent.objects.filter(subscriber=subscriber.name, **lookup).values_list("status", flat=True).first()
-        )
-        if status is not None and (status in REMOVABLE or identity in kept):
-            message.ack()
-            removed += 1
-            continue
-        republish(producer, message, exchange="", routing_key=queue.name, headers=headers)
-        message.ack()
-        if status is not None:
-            kept.add(identity)
+        try:
+            removed += _compact_one(producer, queue, message, subscriber, kept, broker_errors)
+        except (*broker_errors, OperationalError, InterfaceError):
+            raise
+        except Unrecordable as exc:
+            logger.error("%s holds a dead letter that cannot be recorded (%s); leaving it there", queue.name, exc)
+        except Exception:
+            # Left unacknowledged: back in the queue when the channel closes, for the next pass.
+            logger.exception("could not compact a message of %s; leaving it there", queue.name)
     return removed
+
+
+def _compact_one(
+    producer: Producer,
+    queue,
+    message,
+    subscriber: topology.Subscriber,
+    kept: set[str],
+    broker_errors: tuple[type[Exception], ...],
+) -> int:
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    body = body_bytes(message)
+    digest = body_digest(body)
+    _, lookup = record_lookup(decoded_envelope(body, headers), body)
+    records = FailedEvent.objects.filter(subscriber=subscriber.name).filter(Q(**lookup) | Q(body_digest=digest))
+    status = records.values_list("status", flat=True).first()
+    if status is None:
+        logger.error("%s holds a dead letter with no record; recording it", queue.name)
+        record(subscriber=subscriber, body=body, headers=headers, content_type=message.content_type or "")
+        status = records.values_list("status", flat=True).first()
+    identity = str(lookup.get("body_digest") or lookup["event_id"])
+    if status is not None and (status in REMOVABLE or identity in kept):
+        message.ack()
+        return 1
+    try:
+        republish(producer, message, exchange="", routing_key=queue.name, headers=headers)
+    except broker_errors:
+        raise
+    except Exception:
+        # Headers py-amqp read but cannot write back (a key that is not text): keep them as JSON.
+        republish(producer, message, exchange="", routing_key=queue.name, headers=jsonable_headers(headers))
+    message.ack()
+    if status is not None:
+        kept.add(identity)
+    return 0

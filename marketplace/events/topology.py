@@ -43,6 +43,9 @@ QUEUE_TYPE = "quorum"
 # killed each time) is dead-lettered with reason "delivery_limit".
 DELIVERY_LIMIT = 5
 RECORDER_QUEUE_NAME = "marketplace.dead-letter.recorder"
+# Where the recorder sets aside a dead letter it cannot record at all (the database refuses even
+# its plainest record, or it names no subscriber), so that it never blocks the ones behind it.
+PARKED_QUEUE_NAME = "marketplace.dead-letter.parked"
 # Dead-lettering from these queues is confirmed by the target queue before the source drops the
 # message (RabbitMQ needs overflow=reject-publish for that strategy).
 AT_LEAST_ONCE_DEAD_LETTERING = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
@@ -179,6 +182,11 @@ def recorder_queue() -> Queue:
     )
 
 
+def parked_queue() -> Queue:
+    """Published to through the default exchange (routing key = its name); nothing routes here."""
+    return Queue(PARKED_QUEUE_NAME, durable=True, queue_arguments={"x-queue-type": QUEUE_TYPE})
+
+
 def celery_queues() -> tuple[Queue, ...]:
     return tuple(s.queue for s in SUBSCRIBERS)
 
@@ -226,7 +234,7 @@ def _declare(connection: Connection, what: str, declare_on) -> None:
 
 def all_queues(retry_delays: dict[str, tuple[int, ...]] | None = None) -> list[Queue]:
     """Every queue declare() declares, in the same order: what checks and migrations compare with."""
-    queues = [recorder_queue()]
+    queues = [recorder_queue(), parked_queue()]
     for subscriber in SUBSCRIBERS:
         queues += [subscriber.dead_letter_queue, subscriber.queue]
         queues += [subscriber.retry_queue(delay) for delay in (retry_delays or {}).get(subscriber.name, ())]

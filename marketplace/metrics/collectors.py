@@ -121,7 +121,25 @@ def broker_gauges() -> list[Metric]:
             dead_letter_queue = _declare_passive(connection, subscriber.dead_letter_queue_name)
             if dead_letter_queue is not None:
                 dead.add_metric([subscriber.name], dead_letter_queue.message_count)
-    return [dead, ready, consumers]
+        families = [dead, ready, consumers]
+        for name, metric, documentation in (
+            (
+                topology.RECORDER_QUEUE_NAME,
+                "marketplace_dead_letter_recorder_inbox_messages",
+                "Dead letters waiting for the recorder (a FailedEvent each once recorded); a backlog that "
+                "stays means no recorder runs.",
+            ),
+            (
+                topology.PARKED_QUEUE_NAME,
+                "marketplace_parked_dead_letters",
+                "Dead letters the recorder could not record at all, set aside with the reason in a header: "
+                "each needs a person (RabbitMQ management UI, queue marketplace.dead-letter.parked).",
+            ),
+        ):
+            queue = _declare_passive(connection, name)
+            if queue is not None:
+                families.append(GaugeMetricFamily(metric, documentation, value=queue.message_count))
+    return families
 
 
 def _declare_passive(connection: Connection, name: str):

@@ -31,7 +31,7 @@ def test_setup_broker_declares_everything_and_can_run_again(throwaway_vhost, set
     assert all("broker topology declared" in output for output in outputs)
     queues = {q["name"]: q for q in list_json("queues", throwaway_vhost.name, "name", "durable", "arguments")}
     retry_delays = django_settings.SUBSCRIBER_RETRY_DELAYS
-    assert set(queues) == {"marketplace.dead-letter.recorder"} | {
+    assert set(queues) == {"marketplace.dead-letter.recorder", "marketplace.dead-letter.parked"} | {
         name
         for s in topology.SUBSCRIBERS
         for name in (s.queue_name, s.dead_letter_queue_name, *map(s.retry_queue_name, retry_delays[s.name]))

@@ -1,17 +1,20 @@
 import logging
 import signal
+import socket
 import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
-from django.db import DatabaseError, close_old_connections
-from kombu import Connection
+from django.db import InterfaceError, OperationalError, close_old_connections
+from kombu import Connection, Consumer
 
-from marketplace.events import dead_letters, topology
+from marketplace.celery import app
+from marketplace.events import amqp_frames, dead_letters, topology
 
 logger = logging.getLogger("marketplace.recorder")
 
-IDLE_POLL_SECONDS = 0.5
+# With --once: the inbox counts as drained after this long without a delivery.
+ONCE_IDLE_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 10.0
 
 
@@ -26,16 +29,16 @@ class Command(BaseCommand):
 
     def handle(self, *args, once: bool, **options):
         self._stopping = False
+        self._recorded = 0
         if not once:
             signal.signal(signal.SIGTERM, self._stop)
             signal.signal(signal.SIGINT, self._stop)
-        recorded = 0
         backoff = 1.0
         while not self._stopping:
             try:
-                recorded += self._run(once=once)
+                self._run(once=once)
                 break
-            except Exception as exc:  # the broker went away: reconnect with backoff, lose nothing
+            except self._broker_errors as exc:  # only the connection: every message is settled on its own
                 if once:
                     raise
                 logger.warning(
@@ -43,65 +46,94 @@ class Command(BaseCommand):
                 )
                 time.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-        self.stdout.write(f"recorded {recorded} dead letter(s)")
+        self.stdout.write(f"recorded {self._recorded} dead letter(s)")
 
-    def _run(self, *, once: bool) -> int:
-        recorded = 0
-        next_compaction = 0.0
-        with Connection(settings.BROKER_URL, transport_options={"confirm_publish": True}) as connection:
+    @property
+    def _broker_errors(self) -> tuple[type[BaseException], ...]:
+        probe = Connection(settings.BROKER_URL)
+        return (*probe.connection_errors, *probe.channel_errors, socket.error)
+
+    def _run(self, *, once: bool) -> None:
+        with Connection(
+            settings.BROKER_URL,
+            transport_options={"confirm_publish": True},
+            heartbeat=app.conf.broker_heartbeat or 0,
+        ) as connection:
             connection.ensure_connection(max_retries=3)
-            inbox = topology.recorder_queue()(connection.default_channel)
+            channel = amqp_frames.raw_bodies(connection.channel())
+            channel.basic_qos(0, settings.DEAD_LETTER_RECORDER_PREFETCH, False)
+            inbox = topology.recorder_queue()(channel)
             inbox.declare()
-            while not self._stopping:
-                message = inbox.get(no_ack=False)
-                if message is not None:
-                    recorded += self._record(message)
-                    continue
-                if time.monotonic() >= next_compaction:
-                    self._compact(connection)
-                    next_compaction = time.monotonic() + settings.DEAD_LETTER_COMPACT_SECONDS
-                if once:
-                    break
-                time.sleep(IDLE_POLL_SECONDS)
-        return recorded
+            topology.parked_queue()(channel).declare()
+            self._connection = connection
+            next_compaction = 0.0
+            with Consumer(channel, queues=[inbox], on_message=self._on_message, auto_declare=False):
+                while not self._stopping:
+                    try:
+                        connection.drain_events(timeout=ONCE_IDLE_SECONDS if once else 1.0)
+                        continue
+                    except TimeoutError:
+                        connection.heartbeat_check()
+                    if time.monotonic() >= next_compaction:
+                        self._compact(connection)
+                        next_compaction = time.monotonic() + settings.DEAD_LETTER_COMPACT_SECONDS
+                    if once:
+                        break
 
-    def _record(self, message) -> int:
-        """Commit the row, then acknowledge; while the database is down, hold the message and wait."""
+    def _on_message(self, message) -> None:
+        """Commit the record, then acknowledge. While our database is down, hold the message and
+        wait; a message that cannot be recorded at all is parked. Nothing else leaves here."""
         subscriber = topology.subscriber_for_dead_letter_queue(message.delivery_info.get("routing_key", ""))
         if subscriber is None:
-            # Its copy stays in the dead-letter queue it was routed to; only the record is skipped.
-            logger.error("dead letter for no known subscriber (%r)", message.delivery_info.get("routing_key"))
-            message.ack()
-            return 0
+            self._park(message, "it names no subscriber's dead-letter queue as its routing key")
+            return
         backoff = 1.0
         while True:
             try:
                 created = dead_letters.record(
                     subscriber=subscriber,
                     body=dead_letters.body_bytes(message),
-                    headers=message.headers or {},
-                    content_type=message.content_type or "",
+                    headers=message.headers,
+                    content_type=message.content_type,
                 )
                 break
-            except DatabaseError as exc:
+            except (OperationalError, InterfaceError) as exc:
                 if self._stopping:
-                    return 0  # unacknowledged: the broker gives it to the next recorder
+                    return  # unacknowledged: the broker gives it to the next recorder
                 logger.warning(
                     "cannot record a dead letter of %s yet (%s); retrying in %.0fs", subscriber.name, exc, backoff
                 )
                 close_old_connections()
-                time.sleep(backoff)
+                self._wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+            except Exception as exc:
+                self._park(message, f"the database refused its record: {dead_letters.exception_name(exc)}: {exc}")
+                return
         message.ack()
-        return int(created)
+        self._recorded += int(created)
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep without missing the broker's heartbeats (py-amqp sends them only when asked)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self._connection.heartbeat_check()
+            time.sleep(min(1.0, max(deadline - time.monotonic(), 0)))
+
+    def _park(self, message, reason: str) -> None:
+        dead_letters.park(self._connection, message, reason=reason)
+        message.ack()
 
     def _compact(self, connection) -> None:
         for subscriber in topology.SUBSCRIBERS:
             try:
                 dead_letters.compact(connection, subscriber)
-            except DatabaseError as exc:
+            except (OperationalError, InterfaceError) as exc:
                 logger.warning("could not compact %s (%s); will try again", subscriber.dead_letter_queue_name, exc)
                 close_old_connections()
+            except connection.connection_errors:
+                raise
+            except Exception:  # its own channel's error (a queue missing until the relay heals it), or a bug
+                logger.exception("could not compact %s; will try again", subscriber.dead_letter_queue_name)
 
     def _stop(self, signum, frame):
         logger.info("recorder stopping")
