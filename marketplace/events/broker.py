@@ -20,6 +20,10 @@ from marketplace.events import topology
 logger = logging.getLogger(__name__)
 
 
+# Stands for a returned message whose id could not be read.
+RETURNED_UNREADABLE = object()
+
+
 class Unroutable(RuntimeError):
     """The broker returned the message: no queue is bound to the exchange."""
 
@@ -117,7 +121,11 @@ class BrokerPublisher:
         return self._blocked
 
     def _on_return(self, exception, exchange, routing_key, message):
-        self._returned.add(message.properties.get("message_id"))
+        try:
+            self._returned.add(str(message.properties["message_id"]))
+        except Exception:  # a return we cannot attribute: every publish waiting on it counts as returned
+            logger.exception("RabbitMQ returned a message without a readable message_id")
+            self._returned.add(RETURNED_UNREADABLE)
 
     def publish(self, envelope: dict) -> None:
         """Publish one envelope and wait for the broker's confirm; raise on any failure.
@@ -154,7 +162,8 @@ class BrokerPublisher:
         except Exception:
             self.close()
             raise
-        if event_id in self._returned:
+        if event_id in self._returned or RETURNED_UNREADABLE in self._returned:
+            self._returned.discard(RETURNED_UNREADABLE)
             raise Unroutable(f"event {event_id} was returned by the broker: no queue is bound")
 
     def close(self) -> None:

@@ -62,12 +62,27 @@ class EventConsumer(Consumer):
         on_task_received = super().create_task_handler(*args, **kwargs)
 
         def on_message(message):
-            subscriber = None if "task" in (message.headers or {}) else self._subscriber_of(message)
-            if subscriber is not None and not self._adopt(subscriber, message):
-                return None
-            return on_task_received(message)
+            try:
+                subscriber = None if "task" in (message.headers or {}) else self._subscriber_of(message)
+                if subscriber is not None and not self._adopt(subscriber, message):
+                    return None
+                return on_task_received(message)
+            except self.connection_errors:
+                raise
+            except Exception as exc:
+                # Celery settles what it expects to go wrong with a message (unknown task, bad
+                # payload); anything else raised here would leave the consumer and stop the
+                # worker, and the next worker would be handed the same message.
+                return self._settle_unexpected(message, exc)
 
         return on_message
+
+    def _settle_unexpected(self, message, exc: Exception):
+        subscriber = self._subscriber_of(message)
+        if subscriber is None:
+            logger.exception("a message the worker cannot read; rejecting it")
+            return message.reject(requeue=False)
+        return self._dead_letter(subscriber, message, exc)
 
     def _adopt(self, subscriber: topology.Subscriber, message) -> bool:
         """Turn a raw event into a task message in place; False if it was settled here instead."""

@@ -18,13 +18,13 @@ from celery import Task
 from celery.exceptions import Reject, Retry
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError, InterfaceError, OperationalError, models, transaction
+from django.db import InterfaceError, OperationalError, models, transaction
 from django.utils import timezone
 
 from marketplace import metrics
 from marketplace.celery import app, confirming_producer
 from marketplace.events import dead_letters, topology
-from marketplace.events.envelope import InvalidEnvelope, validate_envelope
+from marketplace.events.envelope import InvalidEnvelope, check_deployment, validate_envelope
 from marketplace.events.models import DeliveryAttempt, FailedEvent, ProcessedEvent
 from marketplace.events.services import replay_finished
 
@@ -114,8 +114,21 @@ class SubscriberTask(Task):
     acks_late = True
 
     def handle(self, exc: BaseException) -> NoReturn:
+        try:
+            self._route_failure(exc)
+        except (Retry, Reject):
+            raise
+        except Exception as unexpected:
+            if unexpected is exc:
+                raise
+            # Never acknowledge a message whose failure we could not route (its retry-state
+            # headers were not ours, say): RabbitMQ dead-letters it instead, and it is recorded.
+            logger.exception("%s: could not route the failure of %s; rejecting it", self.name, self.request.id)
+            raise Reject(exc, requeue=False) from unexpected
+
+    def _route_failure(self, exc: BaseException) -> NoReturn:
         request = self.request
-        attempts = int(_header(request, dead_letters.ATTEMPTS, 0))
+        attempts = _count(request, dead_letters.ATTEMPTS)
         first_failed_at = _header(request, dead_letters.FIRST_FAILED_AT, None) or dead_letters.now_iso()
         headers = {
             dead_letters.FIRST_FAILED_AT: first_failed_at,
@@ -125,7 +138,7 @@ class SubscriberTask(Task):
             delay = settings.SUBSCRIBER_INFRA_RETRY_SECONDS
             headers |= {
                 dead_letters.ATTEMPTS: attempts,
-                dead_letters.INFRA_WAITS: int(_header(request, dead_letters.INFRA_WAITS, 0)) + 1,
+                dead_letters.INFRA_WAITS: _count(request, dead_letters.INFRA_WAITS) + 1,
                 dead_letters.WAITING_SINCE: _header(request, dead_letters.WAITING_SINCE, None)
                 or dead_letters.now_iso(),
             }
@@ -155,9 +168,10 @@ class SubscriberTask(Task):
                 subscriber=self.subscriber,
                 event_id=dead_letters.event_uuid(request.args[0] if request.args else None),
                 task_id=request.id or "",
-                attempt=int(_header(request, dead_letters.ATTEMPTS, 0))
-                + int(_header(request, dead_letters.INFRA_WAITS, 0))
-                + 1,
+                attempt=min(
+                    _count(request, dead_letters.ATTEMPTS) + _count(request, dead_letters.INFRA_WAITS) + 1,
+                    dead_letters.MAX_COUNT,
+                ),
                 started_at=datetime.fromtimestamp(started, UTC),
                 duration_ms=round((time.time() - started) * 1000, 3),
                 worker=request.hostname or "",
@@ -165,7 +179,7 @@ class SubscriberTask(Task):
                 error="" if exc is None else f"{dead_letters.exception_name(exc)}: {exc}"[:10_000],
                 replay_of_id=int(replay_of) if str(replay_of).isdigit() else None,
             )
-        except (DatabaseError, ValueError):
+        except Exception:  # best effort: the message is settled already, whatever its headers hold
             logger.warning("could not record the delivery attempt of %s", request.id, exc_info=True)
 
     def _may_wait_for_infrastructure(self, request) -> bool:
@@ -230,13 +244,18 @@ class SubscriberTask(Task):
                 pk=int(replay_of), status__in=[FailedEvent.Status.FAILED, FailedEvent.Status.REPLAYING]
             ).update(status=FailedEvent.Status.RESOLVED, resolved_at=timezone.now())
             replay_finished(failed_event_id=int(replay_of), succeeded=True)
-        except (DatabaseError, ValueError):
+        except Exception:  # best effort: the message is settled already, whatever its headers hold
             logger.exception("replay of failed event %s succeeded but could not be marked resolved", replay_of)
 
 
 def _header(request, name: str, default: Any) -> Any:
     value = getattr(request, name, None)
     return default if value is None else value
+
+
+def _count(request, name: str) -> int:
+    """A retry-state count the message carries; 0 when it is not one a count can be."""
+    return dead_letters.header_int({name: getattr(request, name, None)}, name)
 
 
 def subscriber_task(name: str, handlers: Mapping[str, Callable[..., Any]]) -> Task:
@@ -260,6 +279,7 @@ def subscriber_task(name: str, handlers: Mapping[str, Callable[..., Any]]) -> Ta
             if len(args) != 1 or kwargs:
                 raise InvalidEnvelope(f"a subscriber task takes one envelope, got {len(args)} args {sorted(kwargs)}")
             envelope = validate_envelope(args[0])
+            check_deployment(envelope)
             handler = handlers.get(envelope["type"])
             if handler is None:  # the consumer skips other types; a replay or a direct publish may not
                 raise InvalidEnvelope(f"{name} does not handle {envelope['type']!r} events")
