@@ -4,6 +4,7 @@ Every default works on a developer machine with PostgreSQL and RabbitMQ on local
 """
 
 from pathlib import Path
+from urllib.parse import quote
 
 import environ
 from celery.schedules import crontab
@@ -74,6 +75,18 @@ DATABASES = {
 }
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# A network that silently drops packets (a partition, a vanished host) must fail a connection, not
+# hang its process: a bounded connect, TCP keepalives while waiting for an answer, and
+# TCP_USER_TIMEOUT on unacknowledged writes (libpq parameters; options given in DATABASE_URL win).
+DATABASES["default"]["OPTIONS"] = {
+    "connect_timeout": env.int("DATABASE_CONNECT_TIMEOUT", default=10),
+    "keepalives": 1,
+    "keepalives_idle": env.int("DATABASE_KEEPALIVES_IDLE", default=30),
+    "keepalives_interval": env.int("DATABASE_KEEPALIVES_INTERVAL", default=10),
+    "keepalives_count": env.int("DATABASE_KEEPALIVES_COUNT", default=3),
+    "tcp_user_timeout": env.int("DATABASE_TCP_USER_TIMEOUT_MS", default=60_000),
+    **DATABASES["default"].get("OPTIONS", {}),
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"
@@ -131,12 +144,18 @@ ORDER_MAX_QUANTITY = env.int("ORDER_MAX_QUANTITY", default=100)
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
 
 # --- Event bus ------------------------------------------------------------------------------
-BROKER_URL = env("BROKER_URL", default="amqp://guest:guest@127.0.0.1:5672//")
+# Unset: a vhost named after the database (bin/run creates it: setup_broker --create-vhost), so
+# that two deployments on one RabbitMQ never share queues.
+BROKER_URL = env("BROKER_URL", default=f"amqp://guest:guest@127.0.0.1:5672/{quote(DATABASES['default']['NAME'])}")
 # The broker's management HTTP API: the only place bindings can be read (topology checks).
 RABBITMQ_MANAGEMENT_URL = env("RABBITMQ_MANAGEMENT_URL", default="http://guest:guest@127.0.0.1:15672/api/")
 # The relay checks the broker topology (queues, arguments, bindings) this often, in seconds.
 TOPOLOGY_CHECK_SECONDS = env.float("TOPOLOGY_CHECK_SECONDS", default=60.0)
 EVENTS_SOURCE = env("EVENTS_SOURCE", default="marketplace/orders")
+# Every event names its deployment, and subscribers refuse (dead-letter) events of another one.
+# Unset: the database's identity (marketplace/events/envelope.py deployment()). Set it to tell
+# apart two deployments that share one database's identity (a copy restored from a physical backup).
+EVENTS_DEPLOYMENT = env("EVENTS_DEPLOYMENT", default="")
 # The request never waits longer than this on the broker: connect + publisher confirm.
 EVENTS_PUBLISH_TIMEOUT = env.float("EVENTS_PUBLISH_TIMEOUT", default=1.0)
 # After a failed on-commit publish, requests skip the broker for this long (the relay delivers).
@@ -151,6 +170,10 @@ OUTBOX_RETRY_MAX_SECONDS = env.float("OUTBOX_RETRY_MAX_SECONDS", default=60.0)
 # With several hosts in BROKER_URL (";"), a worker that loses its node fails over to the next one.
 CELERY_BROKER_URL = BROKER_URL
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# AMQP heartbeats, in seconds: a worker whose broker connection went silent (a partition that
+# drops packets, a broker host gone) notices within about two intervals and reconnects, and the
+# broker requeues its unacknowledged messages as soon. Celery's default is 120 s.
+CELERY_BROKER_HEARTBEAT = env.int("BROKER_HEARTBEAT", default=30)
 # A worker failing over to another cluster node redeclares its exclusive remote-control queue
 # while the cluster may still hold it for the lost connection (RESOURCE_LOCKED, a channel error):
 # reconnect and try again instead of exiting with "Unrecoverable error".
@@ -215,6 +238,9 @@ QUEUE_LOSS_BACKFILL_SECONDS = env.int("QUEUE_LOSS_BACKFILL_SECONDS", default=120
 # The dead-letter recorder removes resolved and archived failures from the dead-letter queues
 # this often (seconds).
 DEAD_LETTER_COMPACT_SECONDS = env.float("DEAD_LETTER_COMPACT_SECONDS", default=5.0)
+# Dead letters the recorder holds unacknowledged at once (basic.qos): each is acknowledged as soon
+# as its record commits; several recorders share the inbox.
+DEAD_LETTER_RECORDER_PREFETCH = env.int("DEAD_LETTER_RECORDER_PREFETCH", default=50)
 
 # --- Retention (manage.py prune_events, docs/operations.md) ---------------------------------
 # Published outbox rows are deleted this many days after they were created and published; pending

@@ -15,6 +15,7 @@ from typing import Any
 
 import fastjsonschema
 from django.conf import settings
+from django.db import DatabaseError, connection, transaction
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 SPEC_VERSION = "1.0"
@@ -23,6 +24,10 @@ CONTENT_TYPE = "application/json"
 
 class InvalidEnvelope(ValueError):
     """The message is not an event this service understands: never worth retrying."""
+
+
+class ForeignEvent(InvalidEnvelope):
+    """An event of another deployment (another database), e.g. left in a shared RabbitMQ vhost."""
 
 
 def build_envelope(
@@ -41,11 +46,50 @@ def build_envelope(
         "type": event_type,
         "version": version,
         "source": source or settings.EVENTS_SOURCE,
+        "deployment": deployment(),
         "occurred_at": rfc3339(occurred_at),
         "correlation_id": correlation_id,
         "datacontenttype": CONTENT_TYPE,
         "data": data,
     }
+
+
+@cache
+def deployment() -> str:
+    """Which deployment this process belongs to: EVENTS_DEPLOYMENT, or else its database's
+    identity (name, the PostgreSQL cluster's system identifier, the database's OID), so that a
+    new database is a new deployment without anyone naming it. Every event carries it."""
+    if settings.EVENTS_DEPLOYMENT:
+        return settings.EVENTS_DEPLOYMENT
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_database(), oid FROM pg_database WHERE datname = current_database()")
+        name, oid = cursor.fetchone()
+        try:
+            with transaction.atomic():
+                cursor.execute("SELECT system_identifier FROM pg_control_system()")
+                cluster = cursor.fetchone()[0]
+        except DatabaseError:  # a managed PostgreSQL that does not grant it: the OID still tells apart
+            cluster = "-"
+    return f"{name}@{cluster}/{oid}"
+
+
+def check_deployment(envelope: dict[str, Any]) -> None:
+    """Refuse an event of another deployment. One without a deployment (published before events
+    carried one) is ours only if our outbox has it."""
+    own = deployment()
+    theirs = envelope.get("deployment")
+    if theirs == own:
+        return
+    if theirs is None:
+        from marketplace.events.models import OutboxEvent
+
+        if OutboxEvent.objects.filter(event_id=envelope["id"]).exists():
+            return
+        raise ForeignEvent(
+            f"event {envelope['id']} names no deployment and is not in this deployment's outbox "
+            f"({own}): it was published elsewhere"
+        )
+    raise ForeignEvent(f"event {envelope['id']} belongs to deployment {theirs!r}, not to this one ({own!r})")
 
 
 def rfc3339(moment: datetime) -> str:

@@ -65,6 +65,14 @@ class ManagementApi:
         response.raise_for_status()
         return response.json()
 
+    def create_vhost(self, vhost: str, *, user: str) -> None:
+        """Create ``vhost`` (if missing) and give ``user`` every permission on it."""
+        for path, body in (
+            (f"vhosts/{_quote(vhost)}", {}),
+            (f"permissions/{_quote(vhost)}/{_quote(user)}", {"configure": ".*", "write": ".*", "read": ".*"}),
+        ):
+            httpx.put(self.url + path, json=body, auth=self.auth, timeout=self.timeout).raise_for_status()
+
     def queues(self, vhost: str) -> dict[str, dict]:
         rows = self.get(f"queues/{_quote(vhost)}?columns=name,type,arguments") or []
         return {row["name"]: row for row in rows}

@@ -1,9 +1,15 @@
+import time
+
+import httpx
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from kombu import Connection
 
 from marketplace.events import topology
-from marketplace.events.topology_check import MigrationError, migrate_topology, topology_problems
+from marketplace.events.broker import connect_once
+from marketplace.events.topology_check import ManagementApi, MigrationError, migrate_topology, topology_problems
+
+VHOST_API_WAIT_SECONDS = 30
 
 
 class Command(BaseCommand):
@@ -31,8 +37,17 @@ class Command(BaseCommand):
             "queues) as topology.py declares it, keeping its messages. Workers must be stopped.",
         )
 
-    def handle(self, *args, check: bool, migrate: bool, **options):
+        parser.add_argument(
+            "--create-vhost",
+            action="store_true",
+            help="First create the vhost BROKER_URL names, if missing, and give its user every permission "
+            "on it (through RABBITMQ_MANAGEMENT_URL): each deployment its own vhost.",
+        )
+
+    def handle(self, *args, check: bool, migrate: bool, create_vhost: bool, **options):
         retry_delays = settings.SUBSCRIBER_RETRY_DELAYS
+        if create_vhost:
+            self._create_vhost()
         with Connection(settings.BROKER_URL) as connection:
             if check:
                 self._check(connection, retry_delays)
@@ -56,6 +71,28 @@ class Command(BaseCommand):
             )
         self.stdout.write(f"dead letters also go to {topology.RECORDER_QUEUE_NAME}")
         self.stdout.write(self.style.SUCCESS("broker topology declared"))
+
+    def _create_vhost(self) -> None:
+        broker = Connection(settings.BROKER_URL, connect_timeout=5)
+        try:
+            connect_once(broker)
+            broker.release()
+            return  # it exists, and its user may use it
+        except broker.connection_errors:
+            broker.release()
+        api = ManagementApi(settings.RABBITMQ_MANAGEMENT_URL)
+        deadline = time.monotonic() + VHOST_API_WAIT_SECONDS
+        while True:  # a management plugin enabled a moment ago may not listen yet
+            try:
+                api.create_vhost(broker.virtual_host, user=broker.userid)
+                break
+            except httpx.TransportError as exc:
+                if time.monotonic() > deadline:
+                    raise CommandError(f"could not create vhost {broker.virtual_host!r}: {exc}") from exc
+                time.sleep(1)
+            except httpx.HTTPError as exc:
+                raise CommandError(f"could not create vhost {broker.virtual_host!r}: {exc}") from exc
+        self.stdout.write(f"created vhost {broker.virtual_host!r} for user {broker.userid!r}")
 
     def _check(self, connection, retry_delays) -> None:
         problems = topology_problems(connection, settings.RABBITMQ_MANAGEMENT_URL, retry_delays=retry_delays)
