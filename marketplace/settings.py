@@ -241,6 +241,9 @@ DEAD_LETTER_COMPACT_SECONDS = env.float("DEAD_LETTER_COMPACT_SECONDS", default=5
 # Dead letters the recorder holds unacknowledged at once (basic.qos): each is acknowledged as soon
 # as its record commits; several recorders share the inbox.
 DEAD_LETTER_RECORDER_PREFETCH = env.int("DEAD_LETTER_RECORDER_PREFETCH", default=50)
+# The team is emailed about a failure group (subscriber, exception, message pattern) at most this
+# often, with how many failed since: one outage is one email, not one per event.
+DEAD_LETTER_ALERT_SECONDS = env.float("DEAD_LETTER_ALERT_SECONDS", default=300.0)
 
 # --- Retention (manage.py prune_events, docs/operations.md) ---------------------------------
 # Published outbox rows are deleted this many days after they were created and published; pending

@@ -15,18 +15,21 @@ a dead-letter queue's depth is the number of open failures of its subscriber.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import math
+import time
 import traceback as tb
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from django.conf import settings
 from django.core.mail import mail_admins
-from django.db import IntegrityError, InterfaceError, OperationalError, transaction
+from django.db import InterfaceError, OperationalError, models, transaction
 from django.db import connection as db_connection
 from django.db.models import Q
 from django.utils import timezone
@@ -63,6 +66,9 @@ MAX_HEADER_DEPTH = 32
 MAX_COUNT = 2**31 - 1
 # The AMQP properties a republished message keeps (headers, content type and encoding aside).
 KEPT_PROPERTIES = ("message_id", "correlation_id", "type", "app_id", "timestamp")
+# Not stored with a record: the traceback has a field of its own, and Celery's argsrepr and
+# kwargsrepr repeat the envelope the record keeps already.
+NOT_STORED_HEADERS = frozenset({TRACEBACK, "argsrepr", "kwargsrepr"})
 REMOVABLE = (FailedEvent.Status.RESOLVED, FailedEvent.Status.ARCHIVED, FailedEvent.Status.REPLAYING)
 
 
@@ -265,53 +271,73 @@ class Unrecordable(Exception):
 
 @dataclass
 class Failure:
-    """What one dead letter's FailedEvent says, read from the message (see read_failure)."""
+    """What one dead letter's FailedEvent says, read from the message (see read)."""
 
+    subscriber: topology.Subscriber
     event_id: uuid.UUID | None
-    lookup: dict[str, Any]
     digest: str
-    key: str
     attempts: int
     first_failed_at: datetime
     fields: dict[str, Any]
+    # Kept to fall back on a plainer record if the database refuses this one.
+    body: bytes = b""
+    content_type: Any = ""
 
 
-def record(*, subscriber: topology.Subscriber, body: bytes, headers: Any, content_type: Any = "") -> bool:
-    """Write (or update) the FailedEvent of one dead letter; False if it was already recorded.
-
-    Whatever the message holds: one that cannot be read (or whose reading the database refuses)
-    is recorded as unreadable, with its bytes and what went wrong. Raises only for an outage of
-    our own database (OperationalError, InterfaceError: wait and try again) and Unrecordable.
-    """
+def read(*, subscriber: topology.Subscriber, body: bytes, headers: Any, content_type: Any = "") -> Failure:
+    """The record of one dead letter, whatever the message holds: one that cannot be read is
+    recorded as unreadable, with its bytes and what went wrong. Never raises."""
     try:
-        failure = read_failure(subscriber=subscriber, body=body, headers=headers, content_type=content_type)
+        return read_failure(subscriber=subscriber, body=body, headers=headers, content_type=content_type)
     except Exception as exc:
         logger.exception("a dead letter of %s could not be read; recording it as unreadable", subscriber.name)
-        failure = unreadable_failure(subscriber=subscriber, body=body, content_type=content_type, exc=exc)
+        return unreadable_failure(subscriber=subscriber, body=body, content_type=content_type, exc=exc)
+
+
+def record(
+    *, subscriber: topology.Subscriber, body: bytes, headers: Any, content_type: Any = "", alerts: Alerts | None = None
+) -> bool:
+    """Write (or update) the FailedEvent of one dead letter; False if it was already recorded.
+
+    Raises only for an outage of our own database (OperationalError, InterfaceError: wait and try
+    again) and Unrecordable. Alerts at once unless given ``alerts`` to collect into.
+    """
+    return record_failure(read(subscriber=subscriber, body=body, headers=headers, content_type=content_type), alerts)
+
+
+def record_failure(failure: Failure, alerts: Alerts | None = None) -> bool:
+    """Write one read failure; if the database refuses it (not an outage), its plainest record."""
+    pending = Alerts() if alerts is None else alerts
     try:
-        return _write_failure(subscriber, failure)
+        [created] = write_failures([failure], pending)
     except (OperationalError, InterfaceError):
         raise
     except Exception as exc:
         if failure.fields["exception_class"] == UNREADABLE:
             raise Unrecordable(f"{exception_name(exc)}: {exc}") from exc
         logger.exception(
-            "the database refused the record of a dead letter of %s; recording it as unreadable", subscriber.name
+            "the database refused the record of a dead letter of %s; recording it as unreadable",
+            failure.subscriber.name,
         )
-        failure = unreadable_failure(subscriber=subscriber, body=body, content_type=content_type, exc=exc)
-    try:
-        return _write_failure(subscriber, failure)
-    except (OperationalError, InterfaceError):
-        raise
-    except Exception as exc:
-        raise Unrecordable(f"{exception_name(exc)}: {exc}") from exc
+        plainer = unreadable_failure(
+            subscriber=failure.subscriber, body=failure.body, content_type=failure.content_type, exc=exc
+        )
+        try:
+            [created] = write_failures([plainer], pending)
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception as again:
+            raise Unrecordable(f"{exception_name(again)}: {again}") from again
+    if alerts is None:
+        pending.send()
+    return created
 
 
 def read_failure(*, subscriber: topology.Subscriber, body: bytes, headers: Any, content_type: Any) -> Failure:
     if not isinstance(headers, dict):
         raise TypeError(f"headers are {type(headers).__name__}, not a table")
     envelope = decoded_envelope(body, headers)
-    event_id, lookup = record_lookup(envelope, body)
+    event_id = event_uuid(envelope)
     if EXCEPTION_CLASS in headers:
         exception_class = header_text(headers, EXCEPTION_CLASS)[:200]
         exception_message = header_text(headers, EXCEPTION_MESSAGE)
@@ -328,7 +354,7 @@ def read_failure(*, subscriber: topology.Subscriber, body: bytes, headers: Any, 
         "body": body[:MAX_STORED_BODY_BYTES],
         "body_size": len(body),
         "content_type": safe_text(content_type or "", 100),
-        "headers": jsonable_headers({k: v for k, v in headers.items() if k != TRACEBACK}),
+        "headers": jsonable_headers({k: v for k, v in headers.items() if k not in NOT_STORED_HEADERS}),
         "dead_letter_key": dead_letter_key(body, headers),
         "status": FailedEvent.Status.FAILED,
         "exception_class": exception_class,
@@ -342,13 +368,14 @@ def read_failure(*, subscriber: topology.Subscriber, body: bytes, headers: Any, 
         ),
     }
     return Failure(
+        subscriber=subscriber,
         event_id=event_id,
-        lookup=lookup,
         digest=body_digest(body),
-        key=fields["dead_letter_key"],
         attempts=attempts,
         first_failed_at=parse_time(headers.get(FIRST_FAILED_AT)) or now,
         fields=fields,
+        body=body,
+        content_type=content_type,
     )
 
 
@@ -364,12 +391,13 @@ def unreadable_failure(
     message = f"the recorder could not read this dead letter: {exception_name(exc)}: {safe_text(exc, 2000)}"
     digest = body_digest(body)
     return Failure(
+        subscriber=subscriber,
         event_id=None,
-        lookup={"event_id": None, "body_digest": digest},
         digest=digest,
-        key=digest,
         attempts=1,
         first_failed_at=now,
+        body=body,
+        content_type=content_type,
         fields={
             "event_type": "",
             "payload": None,
@@ -391,54 +419,116 @@ def unreadable_failure(
     )
 
 
-def _write_failure(subscriber: topology.Subscriber, failure: Failure) -> bool:
-    """Insert or update the record; a concurrent recorder inserting the same one first is waited
-    for by the unique index, and then this one updates it."""
-    try:
-        created = _upsert_failure(subscriber, failure)
-    except IntegrityError:
-        created = _upsert_failure(subscriber, failure)
-    if created:
-        logger.error(
-            "recorded dead letter of %s: event %s, %s: %s",
-            subscriber.name,
-            failure.event_id or "(no id)",
-            failure.fields["exception_class"],
-            failure.fields["exception_message"][:500],
-        )
-        _alert(
-            subscriber=subscriber,
-            event_id=failure.event_id,
-            exception_class=failure.fields["exception_class"],
-            message=failure.fields["exception_message"],
-        )
-    return created
-
-
-def _upsert_failure(subscriber: topology.Subscriber, failure: Failure) -> bool:
-    with transaction.atomic():
-        failed = FailedEvent.objects.select_for_update().filter(subscriber=subscriber.name, **failure.lookup).first()
-        if failed is not None and failed.dead_letter_key == failure.key:
-            return False
-        if failed is None:
-            FailedEvent.objects.create(
-                subscriber=subscriber.name,
-                event_id=failure.event_id,
-                body_digest=failure.digest,
-                attempts=failure.attempts,
-                first_failed_at=failure.first_failed_at,
+def write_failures(failures: list[Failure], alerts: Alerts) -> list[bool]:
+    """Insert or update the records of several dead letters in one transaction, one statement
+    each; for each, False if it was recorded already (same dead-lettering). Raises any database
+    error: the caller retries an outage and records one at a time otherwise."""
+    connection = transaction.get_connection()
+    written: list[tuple[Failure, bool]] = []
+    with transaction.atomic(), connection.cursor() as cursor:
+        for failure in failures:
+            sql, fields = _upsert_statement(failure.event_id is not None)
+            values = {
+                "subscriber": failure.subscriber.name,
+                "event_id": failure.event_id,
+                "body_digest": failure.digest,
+                "attempts": failure.attempts,
+                "first_failed_at": failure.first_failed_at,
                 **failure.fields,
+            }
+            cursor.execute(sql, [field.get_db_prep_save(values[field.name], connection) for field in fields])
+            row = cursor.fetchone()
+            written.append((failure, row is not None))
+            if row is not None and not row[1]:
+                # A replay that failed again: its audit row says so.
+                FailedEventReplay.objects.filter(
+                    failed_event_id=row[0],
+                    action=FailedEventReplay.Action.REPLAY,
+                    outcome=FailedEventReplay.Outcome.PENDING,
+                ).update(outcome=FailedEventReplay.Outcome.FAILED, finished_at=timezone.now())
+    for failure, created in written:
+        if created:
+            logger.error(
+                "recorded dead letter of %s: event %s, %s: %s",
+                failure.subscriber.name,
+                failure.event_id or "(no id)",
+                failure.fields["exception_class"],
+                failure.fields["exception_message"][:500],
             )
-        else:
-            attempts = min(failed.attempts + failure.attempts, MAX_COUNT)
-            FailedEvent.objects.filter(pk=failed.pk).update(attempts=attempts, **failure.fields)
-            # A replay that failed again: its audit row says so.
-            FailedEventReplay.objects.filter(
-                failed_event=failed,
-                action=FailedEventReplay.Action.REPLAY,
-                outcome=FailedEventReplay.Outcome.PENDING,
-            ).update(outcome=FailedEventReplay.Outcome.FAILED, finished_at=timezone.now())
-    return True
+            alerts.add(failure)
+    return [created for _, created in written]
+
+
+@functools.cache
+def _upsert_statement(has_event_id: bool) -> tuple[str, list[models.Field]]:
+    """INSERT the record, or update the one of the same (subscriber, event id), or for a message
+    without an id the same (subscriber, body digest), unless it holds this very dead-lettering.
+    RETURNING (id, inserted) for a write, nothing when it was recorded already. One statement:
+    the unique index settles a race between recorders, and the ORM's SELECT FOR UPDATE, INSERT or
+    UPDATE cost several times the database's own work per dead letter (bench/recorder.py)."""
+    connection = transaction.get_connection()
+    quote = connection.ops.quote_name
+    fields = [field for field in FailedEvent._meta.concrete_fields if not field.primary_key]
+    columns = ", ".join(quote(field.column) for field in fields)
+    kept = {"subscriber", "event_id", "body_digest", "first_failed_at", "attempts"}
+    updates = ", ".join(
+        f"{quote(field.column)} = EXCLUDED.{quote(field.column)}" for field in fields if field.name not in kept
+    )
+    key = "event_id" if has_event_id else "body_digest"
+    where = "IS NOT NULL" if has_event_id else "IS NULL"
+    sql = (
+        f"INSERT INTO {quote(FailedEvent._meta.db_table)} AS f ({columns}) VALUES ({', '.join(['%s'] * len(fields))}) "
+        f'ON CONFLICT ("subscriber", "{key}") WHERE "event_id" {where} DO UPDATE SET {updates}, '
+        f'"attempts" = LEAST(f."attempts" + EXCLUDED."attempts", {MAX_COUNT}) '
+        'WHERE f."dead_letter_key" IS DISTINCT FROM EXCLUDED."dead_letter_key" '
+        'RETURNING f."id", (f.xmax = 0)'
+    )
+    return sql, fields
+
+
+class Alerts:
+    """Failures recorded, to alert the team about once they committed: one email per failure
+    group (subscriber, exception, message pattern), at most every DEAD_LETTER_ALERT_SECONDS per
+    group, saying how many failed since the last one. A backlog of 10,000 dead letters from one
+    outage is one email, not 10,000 (each its own SMTP session in the recorder's loop)."""
+
+    def __init__(self):
+        self._waiting: dict[str, list[Failure]] = {}
+        self._last_sent: dict[str, float] = {}
+
+    def add(self, failure: Failure) -> None:
+        self._waiting.setdefault(failure.fields["group_key"], []).append(failure)
+
+    def send(self) -> None:
+        now = time.monotonic()
+        for group, failures in list(self._waiting.items()):
+            if now - self._last_sent.get(group, -math.inf) < settings.DEAD_LETTER_ALERT_SECONDS:
+                continue
+            del self._waiting[group]
+            self._last_sent[group] = now
+            _alert(failures)
+
+
+def _alert(failures: list[Failure]) -> None:
+    first = failures[0]
+    subscriber = first.subscriber
+    event = first.event_id or "(unreadable message)"
+    more = f" and {len(failures) - 1} more like it" if len(failures) > 1 else ""
+    try:
+        mail_admins(
+            subject=f"[marketplace] {subscriber.name} failed event {event}{more}",
+            message=(
+                f"Subscriber {subscriber.name} gave up on event {event}{more}.\n"
+                f"{first.fields['exception_class']}: {first.fields['exception_message'][:2000]}\n\n"
+                f"The messages are in the dead-letter queue {subscriber.dead_letter_queue_name}; inspect and "
+                "replay or archive them from the admin (Event bus > Failed events, or its failure groups) or "
+                "with `manage.py replay_failed_events`. Further failures like it are alerted at most every "
+                f"{settings.DEAD_LETTER_ALERT_SECONDS:.0f} s."
+            ),
+            fail_silently=True,
+        )
+    except Exception:  # an alert must never turn into a second failure
+        logger.exception("could not alert admins about event %s", event)
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -450,23 +540,6 @@ def parse_time(value: Any) -> datetime | None:
     except ValueError:
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _alert(*, subscriber: topology.Subscriber, event_id, exception_class: str, message: str) -> None:
-    try:
-        mail_admins(
-            subject=f"[marketplace] {subscriber.name} failed event {event_id or '(unreadable message)'}",
-            message=(
-                f"Subscriber {subscriber.name} gave up on event {event_id or '(unreadable message)'}.\n"
-                f"{exception_class}: {message[:2000]}\n\n"
-                f"The message is in the dead-letter queue {subscriber.dead_letter_queue_name}; inspect and "
-                "replay or archive it from the admin (Event bus > Failed events) or with "
-                "`manage.py replay_failed_events`."
-            ),
-            fail_silently=True,
-        )
-    except Exception:  # an alert must never turn into a second failure
-        logger.exception("could not alert admins about event %s", event_id)
 
 
 def park(connection: Connection, message, *, reason: str) -> None:

@@ -3,10 +3,6 @@ even the plainest record, parked with an alert; none stops it or the messages be
 
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from datetime import datetime
 from decimal import Decimal
@@ -23,7 +19,6 @@ from marketplace.events.models import FailedEvent
 from marketplace.metrics.collectors import broker_gauges
 from tests.support.broker import queue_depth
 from tests.support.waiting import eventually
-from tests.support.workers import ROOT
 
 pytestmark = [pytest.mark.broker]
 
@@ -177,37 +172,30 @@ def test_a_message_in_a_dead_letter_queue_without_a_record_gets_one(db, broker_u
         assert queue_depth(conn, CONFIRMATION.dead_letter_queue_name) == 1
 
 
-def test_the_recorder_consumes_its_inbox_rather_than_polling(broker_url, transactional_db, recorder_log):
-    process, log = recorder_log
-    with Connection(broker_url) as conn:
-        _, _, consumers = conn.default_channel.queue_declare(topology.RECORDER_QUEUE_NAME, passive=True)
-    assert consumers == 1
-    _dead_letter(broker_url, DEEP)
-    _dead_letter(broker_url, b"behind it")
+def test_the_recorder_consumes_its_inbox_rather_than_polling(
+    broker_url, transactional_db, purge_queues, start_recorder
+):
+    recorder = start_recorder()
+    try:
+        assert recorder.inbox_consumers() == 1
+        _dead_letter(broker_url, DEEP)
+        _dead_letter(broker_url, b"behind it")
 
-    eventually(lambda: FailedEvent.objects.count() == 2, timeout=30, message="both dead letters recorded")
-    assert process.poll() is None
-    assert "lost the broker" not in log.read_text()
+        eventually(lambda: FailedEvent.objects.count() == 2, timeout=30, message="both dead letters recorded")
+        assert recorder.alive()
+        assert "lost the broker" not in recorder.log_text()
+    finally:
+        recorder.stop()
 
 
-@pytest.fixture
-def recorder_log(worker_env, tmp_path, purge_queues):
-    log = tmp_path / "recorder.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "record_dead_letters"],
-            cwd=ROOT,
-            env=worker_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+def test_one_cause_is_one_alert_however_many_events_it_failed(db, broker_url, inbox_empty):
+    for _ in range(3):
+        _dead_letter(broker_url, json.dumps({"id": str(uuid.uuid4()), "type": "order.placed"}).encode())
+    _dead_letter(broker_url, b"another cause", headers={"x-first-death-reason": "expired", "x-first-death-queue": "q"})
 
-    def consuming():
-        with Connection(worker_env["BROKER_URL"]) as conn:
-            return conn.default_channel.queue_declare(topology.RECORDER_QUEUE_NAME, passive=True).consumer_count
+    _record()
 
-    eventually(consuming, timeout=30, message="the recorder to consume")
-    yield process, log
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=20)
+    assert FailedEvent.objects.count() == 4
+    subjects = sorted(message.subject for message in mail.outbox)
+    assert len(subjects) == 2, subjects
+    assert "and 2 more like it" in subjects[1] or "and 2 more like it" in subjects[0]

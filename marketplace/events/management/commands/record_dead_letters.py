@@ -1,3 +1,4 @@
+import functools
 import logging
 import signal
 import socket
@@ -30,6 +31,8 @@ class Command(BaseCommand):
     def handle(self, *args, once: bool, **options):
         self._stopping = False
         self._recorded = 0
+        self._received: list = []
+        self._alerts = dead_letters.Alerts()
         if not once:
             signal.signal(signal.SIGTERM, self._stop)
             signal.signal(signal.SIGINT, self._stop)
@@ -66,51 +69,102 @@ class Command(BaseCommand):
             inbox.declare()
             topology.parked_queue()(channel).declare()
             self._connection = connection
+            self._received.clear()  # deliveries of a lost connection come again on this one
             next_compaction = 0.0
-            with Consumer(channel, queues=[inbox], on_message=self._on_message, auto_declare=False):
+            with Consumer(
+                channel,
+                queues=[inbox],
+                on_message=self._received.append,
+                # A body kombu fails to decompress (a "compression" header) is a dead letter like any other.
+                on_decode_error=lambda message, exc: self._received.append(message),
+                auto_declare=False,
+            ):
                 while not self._stopping:
                     try:
                         connection.drain_events(timeout=ONCE_IDLE_SECONDS if once else 1.0)
-                        continue
                     except TimeoutError:
                         connection.heartbeat_check()
-                    if time.monotonic() >= next_compaction:
-                        self._compact(connection)
-                        next_compaction = time.monotonic() + settings.DEAD_LETTER_COMPACT_SECONDS
-                    if once:
-                        break
+                        if time.monotonic() >= next_compaction:
+                            self._compact(connection)
+                            next_compaction = time.monotonic() + settings.DEAD_LETTER_COMPACT_SECONDS
+                        self._alerts.send()
+                        if once:
+                            break
+                        continue
+                    self._take_burst(connection)
+                    burst = list(self._received)
+                    self._received.clear()
+                    self._record(burst)
+                    self._alerts.send()
 
-    def _on_message(self, message) -> None:
-        """Commit the record, then acknowledge. While our database is down, hold the message and
+    def _take_burst(self, connection) -> None:
+        """Whatever else the broker has already delivered, up to the prefetch: one transaction."""
+        while len(self._received) < settings.DEAD_LETTER_RECORDER_PREFETCH:
+            try:
+                connection.drain_events(timeout=0)
+            except TimeoutError:
+                return
+
+    def _record(self, messages: list) -> None:
+        """Commit the records, then acknowledge. While our database is down, hold the messages and
         wait; a message that cannot be recorded at all is parked. Nothing else leaves here."""
-        subscriber = topology.subscriber_for_dead_letter_queue(message.delivery_info.get("routing_key", ""))
-        if subscriber is None:
-            self._park(message, "it names no subscriber's dead-letter queue as its routing key")
+        failures = []
+        for message in messages:
+            subscriber = topology.subscriber_for_dead_letter_queue(message.delivery_info.get("routing_key", ""))
+            if subscriber is None:
+                self._park(message, "it names no subscriber's dead-letter queue as its routing key")
+                continue
+            failures.append(
+                (
+                    message,
+                    dead_letters.read(
+                        subscriber=subscriber,
+                        body=dead_letters.body_bytes(message),
+                        headers=message.headers,
+                        content_type=message.content_type,
+                    ),
+                )
+            )
+        if not failures:
             return
+        created = self._until_written(lambda: dead_letters.write_failures([f for _, f in failures], self._alerts))
+        if created is None and not self._stopping:
+            # One of them was refused (not an outage): each on its own, with its fallbacks.
+            created = [self._until_written(functools.partial(self._record_one, *pair)) for pair in failures]
+        if self._stopping and (created is None or None in created):
+            return  # unacknowledged: the broker gives them to the next recorder, which sees what committed
+        for message, _ in failures:
+            if not message.acknowledged:
+                message.ack()
+        self._recorded += sum(created)
+
+    def _record_one(self, message, failure) -> bool:
+        try:
+            return dead_letters.record_failure(failure, self._alerts)
+        except dead_letters.Unrecordable as exc:
+            self._park(message, f"the database refused its record: {exc}")
+        except Exception as exc:  # a bug of ours must not hold the message, nor lose it
+            logger.exception("could not record a dead letter of %s", failure.subscriber.name)
+            self._park(message, f"recording it failed: {dead_letters.exception_name(exc)}: {exc}")
+        return False
+
+    def _until_written(self, write):
+        """``write()``, waited out through database outages; None if it raised anything else, or
+        if the recorder is stopping before the database came back."""
         backoff = 1.0
         while True:
             try:
-                created = dead_letters.record(
-                    subscriber=subscriber,
-                    body=dead_letters.body_bytes(message),
-                    headers=message.headers,
-                    content_type=message.content_type,
-                )
-                break
+                return write()
             except (OperationalError, InterfaceError) as exc:
                 if self._stopping:
-                    return  # unacknowledged: the broker gives it to the next recorder
-                logger.warning(
-                    "cannot record a dead letter of %s yet (%s); retrying in %.0fs", subscriber.name, exc, backoff
-                )
+                    return None
+                logger.warning("cannot record dead letters yet (%s); retrying in %.0fs", exc, backoff)
                 close_old_connections()
                 self._wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-            except Exception as exc:
-                self._park(message, f"the database refused its record: {dead_letters.exception_name(exc)}: {exc}")
-                return
-        message.ack()
-        self._recorded += int(created)
+            except Exception:
+                logger.exception("the database refused a batch of dead-letter records; recording them one by one")
+                return None
 
     def _wait(self, seconds: float) -> None:
         """Sleep without missing the broker's heartbeats (py-amqp sends them only when asked)."""
