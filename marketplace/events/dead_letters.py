@@ -29,8 +29,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core.mail import mail_admins
-from django.db import InterfaceError, OperationalError, models, transaction
 from django.db import connection as db_connection
+from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 from kombu import Connection, Producer
@@ -38,6 +38,7 @@ from kombu import Connection, Producer
 from marketplace.events import amqp_frames, topology
 from marketplace.events.failure_groups import grouping_fields
 from marketplace.events.models import FailedEvent, FailedEventReplay
+from marketplace.events.outages import is_database_outage
 
 logger = logging.getLogger(__name__)
 
@@ -299,7 +300,7 @@ def record(
 ) -> bool:
     """Write (or update) the FailedEvent of one dead letter; False if it was already recorded.
 
-    Raises only for an outage of our own database (OperationalError, InterfaceError: wait and try
+    Raises only for an outage of our own database (outages.is_database_outage: wait and try
     again) and Unrecordable. Alerts at once unless given ``alerts`` to collect into.
     """
     return record_failure(read(subscriber=subscriber, body=body, headers=headers, content_type=content_type), alerts)
@@ -310,9 +311,9 @@ def record_failure(failure: Failure, alerts: Alerts | None = None) -> bool:
     pending = Alerts() if alerts is None else alerts
     try:
         [created] = write_failures([failure], pending)
-    except (OperationalError, InterfaceError):
-        raise
     except Exception as exc:
+        if is_database_outage(exc):
+            raise
         if failure.fields["exception_class"] == UNREADABLE:
             raise Unrecordable(f"{exception_name(exc)}: {exc}") from exc
         logger.exception(
@@ -324,9 +325,9 @@ def record_failure(failure: Failure, alerts: Alerts | None = None) -> bool:
         )
         try:
             [created] = write_failures([plainer], pending)
-        except (OperationalError, InterfaceError):
-            raise
         except Exception as again:
+            if is_database_outage(again):
+                raise
             raise Unrecordable(f"{exception_name(again)}: {again}") from again
     if alerts is None:
         pending.send()
@@ -668,11 +669,13 @@ def _compaction_pass(channel, subscriber: topology.Subscriber, broker_errors: tu
             break
         try:
             removed += _compact_one(producer, queue, message, subscriber, kept, broker_errors)
-        except (*broker_errors, OperationalError, InterfaceError):
+        except broker_errors:
             raise
         except Unrecordable as exc:
             logger.error("%s holds a dead letter that cannot be recorded (%s); leaving it there", queue.name, exc)
-        except Exception:
+        except Exception as exc:
+            if is_database_outage(exc):
+                raise
             # Left unacknowledged: back in the queue when the channel closes, for the next pass.
             logger.exception("could not compact a message of %s; leaving it there", queue.name)
     return removed

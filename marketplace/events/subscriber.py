@@ -18,7 +18,7 @@ from celery import Task
 from celery.exceptions import Reject, Retry
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import InterfaceError, OperationalError, models, transaction
+from django.db import models, transaction
 from django.utils import timezone
 
 from marketplace import metrics
@@ -26,6 +26,7 @@ from marketplace.celery import app, confirming_producer
 from marketplace.events import dead_letters, topology
 from marketplace.events.envelope import InvalidEnvelope, check_deployment, validate_envelope
 from marketplace.events.models import DeliveryAttempt, FailedEvent, ProcessedEvent
+from marketplace.events.outages import is_database_outage
 from marketplace.events.services import replay_finished
 
 logger = logging.getLogger(__name__)
@@ -38,8 +39,6 @@ class TransientDownstreamError(Exception):
 # Worth retrying: the network, SMTP (smtplib errors are OSErrors), HTTP transport errors and
 # 5xx answers. Everything else fails at once.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OSError, httpx.TransportError, TransientDownstreamError)
-# Our own infrastructure: waited out without spending the subscriber's retry budget.
-INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (OperationalError, InterfaceError)
 
 
 def claim_event(*, subscriber: str, event_id: str | uuid.UUID) -> bool:
@@ -134,7 +133,8 @@ class SubscriberTask(Task):
             dead_letters.FIRST_FAILED_AT: first_failed_at,
             dead_letters.REPLAY_OF: _header(request, dead_letters.REPLAY_OF, ""),
         }
-        if isinstance(exc, INFRASTRUCTURE_ERRORS) and self._may_wait_for_infrastructure(request):
+        # Our own database unavailable: waited out without spending the subscriber's retry budget.
+        if is_database_outage(exc) and self._may_wait_for_infrastructure(request):
             delay = settings.SUBSCRIBER_INFRA_RETRY_SECONDS
             headers |= {
                 dead_letters.ATTEMPTS: attempts,

@@ -4,13 +4,15 @@ import signal
 import socket
 import time
 
+import kombu.exceptions
 from django.conf import settings
 from django.core.management.base import BaseCommand
-from django.db import InterfaceError, OperationalError, close_old_connections
+from django.db import close_old_connections
 from kombu import Connection, Consumer
 
 from marketplace.celery import app
 from marketplace.events import amqp_frames, dead_letters, topology
+from marketplace.events.outages import is_database_outage
 
 logger = logging.getLogger("marketplace.recorder")
 
@@ -54,7 +56,8 @@ class Command(BaseCommand):
     @property
     def _broker_errors(self) -> tuple[type[BaseException], ...]:
         probe = Connection(settings.BROKER_URL)
-        return (*probe.connection_errors, *probe.channel_errors, socket.error)
+        # ensure_connection gives up with kombu's OperationalError while the broker stays down.
+        return (*probe.connection_errors, *probe.channel_errors, socket.error, kombu.exceptions.OperationalError)
 
     def _run(self, *, once: bool) -> None:
         with Connection(
@@ -144,6 +147,8 @@ class Command(BaseCommand):
         except dead_letters.Unrecordable as exc:
             self._park(message, f"the database refused its record: {exc}")
         except Exception as exc:  # a bug of ours must not hold the message, nor lose it
+            if is_database_outage(exc):
+                raise
             logger.exception("could not record a dead letter of %s", failure.subscriber.name)
             self._park(message, f"recording it failed: {dead_letters.exception_name(exc)}: {exc}")
         return False
@@ -155,16 +160,16 @@ class Command(BaseCommand):
         while True:
             try:
                 return write()
-            except (OperationalError, InterfaceError) as exc:
+            except Exception as exc:
+                if not is_database_outage(exc):
+                    logger.exception("the database refused a batch of dead-letter records; recording them one by one")
+                    return None
                 if self._stopping:
                     return None
                 logger.warning("cannot record dead letters yet (%s); retrying in %.0fs", exc, backoff)
                 close_old_connections()
                 self._wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-            except Exception:
-                logger.exception("the database refused a batch of dead-letter records; recording them one by one")
-                return None
 
     def _wait(self, seconds: float) -> None:
         """Sleep without missing the broker's heartbeats (py-amqp sends them only when asked)."""
@@ -181,13 +186,14 @@ class Command(BaseCommand):
         for subscriber in topology.SUBSCRIBERS:
             try:
                 dead_letters.compact(connection, subscriber)
-            except (OperationalError, InterfaceError) as exc:
-                logger.warning("could not compact %s (%s); will try again", subscriber.dead_letter_queue_name, exc)
-                close_old_connections()
             except connection.connection_errors:
                 raise
-            except Exception:  # its own channel's error (a queue missing until the relay heals it), or a bug
-                logger.exception("could not compact %s; will try again", subscriber.dead_letter_queue_name)
+            except Exception as exc:
+                if is_database_outage(exc):
+                    logger.warning("could not compact %s (%s); will try again", subscriber.dead_letter_queue_name, exc)
+                    close_old_connections()
+                else:  # its own channel's error (a queue missing until the relay heals it), or a bug
+                    logger.exception("could not compact %s; will try again", subscriber.dead_letter_queue_name)
 
     def _stop(self, signum, frame):
         logger.info("recorder stopping")
