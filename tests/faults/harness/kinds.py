@@ -16,9 +16,12 @@ import uuid
 from collections.abc import Callable
 from email.message import EmailMessage
 
+from kombu import Producer
+
 from marketplace.events import topology
 from tests.faults.harness.effects import Hazards, Row
 from tests.faults.harness.ledger import Harness
+from tests.support.tcp_proxy import TcpProxy
 
 
 def size(h: Harness, quick: int, full: int) -> int:
@@ -552,6 +555,308 @@ def counter_self_check(h: Harness) -> Row:
     return h.measure(row, buyers=buyers, streams=[stream], started=started, fault_end=time.time(), deadline=5)
 
 
+# --- network partitions -----------------------------------------------------------------------------------
+
+PARTITION_SECONDS = 30  # longer than two AMQP heartbeats (BROKER_HEARTBEAT=10 in the harness)
+
+
+@contextlib.contextmanager
+def _behind_proxy(h: Harness, name: str, server: str, url_query: str = ""):
+    """Restart process ``name`` with its BROKER_URL or DATABASE_URL (plus ``url_query``) pointing at
+    a TCP proxy, so a partition cuts just that process off; afterwards restart it talking to the
+    server directly."""
+    if server == "broker":
+        proxy = TcpProxy("127.0.0.1", h.rabbit.port)
+        env = {"BROKER_URL": h.rabbit.url.replace(f":{h.rabbit.port}/", f":{proxy.port}/") + url_query}
+    else:
+        proxy = TcpProxy("127.0.0.1", h.postgres.port)
+        env = {"DATABASE_URL": h.postgres.url.replace(f":{h.postgres.port}/", f":{proxy.port}/") + url_query}
+    try:
+        h.system.stop(name)
+        h.system.start(name, env=env)
+        yield proxy
+    finally:
+        proxy.heal()
+        h.system.stop(name)
+        proxy.close()
+        h.system.start(name)
+
+
+def _partition(proxy: TcpProxy, seconds: float) -> tuple[float, float]:
+    started = time.time()
+    proxy.blackhole()
+    try:
+        time.sleep(seconds)
+    finally:
+        proxy.heal()
+    return started, time.time()
+
+
+def worker_broker_partition(h: Harness, subscriber: str = "seller_notification") -> Row:
+    """Packets between one worker and RabbitMQ are dropped (not refused) for longer than two
+    heartbeats: both sides must give the connection up, the broker requeue the worker's
+    unacknowledged messages, and the worker reconnect on its own once the network heals."""
+    row = Row(f"network partition, packets dropped {PARTITION_SECONDS}s: worker {subscriber} <-> RabbitMQ")
+    buyers = h.buyers_for_row(8)
+    with _behind_proxy(h, subscriber, "broker") as proxy:
+        started = time.time()
+        h.smtp.delay = 0.3  # sends take a moment, so a task is in flight when the partition begins
+        stream = h.place(size(h, 30, 60), buyers, rate=2, background=True)
+        time.sleep(3)
+        _, fault_end = _partition(proxy, PARTITION_SECONDS)
+        h.smtp.delay = 0
+        row = h.measure(
+            row, buyers=buyers, streams=[stream], started=started, fault_end=fault_end, deadline=120, max_recovery=60
+        )
+        proc = h.system.procs[subscriber]
+        log = proc.log_text()[proc.log_offset :]
+        row.notes.append(
+            f"{subscriber} gave the connection up {log.count('Too many heartbeats missed')} time(s) for missed"
+            f" heartbeats and failed {log.count('consumer: Cannot connect')} reconnect(s) before the heal"
+        )
+    return row
+
+
+def worker_database_partition(h: Harness, subscriber: str = "order_confirmation") -> Row:
+    """Packets between one worker and PostgreSQL are dropped (not refused) while it sends emails:
+    its queries and new connections wait (or fail and wait without spending retries); once the
+    network heals every event has its effect once. The worker's sessions end after 10 s idle in a
+    transaction (as many production servers set it), so the server ends a transaction the partition
+    caught after its email went out: the worker's commit fails after the heal, the send-then-commit
+    window."""
+    row = Row(f"network partition, packets dropped {PARTITION_SECONDS}s: worker {subscriber} <-> PostgreSQL")
+    buyers = h.buyers_for_row(8)
+    postgres_log_from = len(_postgres_log(h))
+    idle_timeout = "?options=-c%20idle_in_transaction_session_timeout%3D10s"
+    with _behind_proxy(h, subscriber, "database", url_query=idle_timeout) as proxy:
+        started = time.time()
+        h.smtp.delay = 1.5  # the worker spends most of its time in a send, inside its transaction
+        stream = h.place(size(h, 30, 60), buyers, rate=2, background=True)
+        time.sleep(3)
+        hazards = Hazards()
+        partitioned_at, fault_end = _partition(proxy, PARTITION_SECONDS)
+        hazards.add(partitioned_at, fault_end)  # a commit after a send may fail with the connection
+        h.smtp.delay = 0
+        row = h.measure(
+            row, buyers=buyers, streams=[stream], started=started, fault_end=fault_end, hazards=hazards,
+            deadline=120, max_recovery=60,
+        )  # fmt: skip
+    ended = _postgres_log(h)[postgres_log_from:].count("idle-in-transaction timeout")
+    row.notes.append(f"the server ended {ended} of the worker's transaction(s) caught by the partition")
+    return row
+
+
+def _postgres_log(h: Harness) -> str:
+    try:
+        return h.postgres.logfile.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def web_broker_partition(h: Harness) -> Row:
+    """Packets between the web and RabbitMQ are dropped while orders arrive: every order is still
+    answered in normal time (the publish is off the request path and bounded), the relay publishes
+    the events the web could not, and the web publishes again once the network heals."""
+    row = Row(f"network partition, packets dropped {PARTITION_SECONDS}s: web <-> RabbitMQ during intake")
+    buyers = h.buyers_for_row(8)
+    with _behind_proxy(h, "web", "broker") as proxy:
+        started = time.time()
+        stream = h.place(size(h, 60, 120), buyers, rate=3, background=True)
+        time.sleep(3)
+        _, fault_end = _partition(proxy, PARTITION_SECONDS)
+        stream.wait()
+        slowest = max((r.seconds for r in stream.results if r.status), default=0.0)
+        retried = sum(1 for r in stream.results if r.attempts > 1)
+        row.notes.append(f"slowest answer {slowest:.1f}s; {retried} order(s) needed a second attempt")
+        problems = [f"an order waited {slowest:.1f}s for its answer"] if slowest > 5 or retried else []
+        row = h.measure(
+            row, buyers=buyers, streams=[stream], started=started, fault_end=fault_end, deadline=120,
+            max_recovery=60, problems=problems,
+        )  # fmt: skip
+    return row
+
+
+# --- crash loop, disk alarm -------------------------------------------------------------------------------
+
+CRASH_LOOP = "handler crash-loops its worker (os._exit)"
+
+
+def handler_crash_loop(h: Harness) -> Row:
+    """One event whose handler kills its worker process every time it runs (os._exit via the test
+    hook): the queue's delivery limit ends the loop, the event becomes a FailedEvent of every
+    subscriber that handles it, and the orders behind it flow."""
+    logs_from = {name: len(h.system.procs[name].log_text()) for name in h.system.worker_names}
+    row = poison_messages(h, only=(CRASH_LOOP,))
+    row.fault = "handler kills its worker on every delivery of one event"
+    crashes = {
+        name: h.system.procs[name].log_text()[offset:].count("exited with 'exitcode 70'")
+        for name, offset in logs_from.items()
+    }
+    crashed = {name: count for name, count in crashes.items() if count}
+    row.notes.append(
+        "worker processes killed by the event: "
+        + (", ".join(f"{name} {count}" for name, count in crashed.items()) or "none")
+        + f" (delivery limit {topology.DELIVERY_LIMIT})"
+    )
+    over = [name for name, count in crashed.items() if count > topology.DELIVERY_LIMIT + 1]
+    if over or not crashed:
+        problem = f"crash loop not bounded in {', '.join(over)}" if over else "the event never crashed a worker"
+        row.verdict = f"FAIL: {problem}" if row.verdict == "pass" else f"{row.verdict}; {problem}"
+    return row
+
+
+def broker_disk_alarm(h: Harness) -> Row:
+    """RabbitMQ raises its disk alarm (free-space limit far above the disk) during intake: it blocks
+    every publisher; orders are still answered, events wait in the outbox, and flow once it clears."""
+    hold = size(h, 8, 20)
+    row = Row(f"broker disk alarm ({hold}s) during intake")
+    buyers = h.buyers_for_row(8)
+    started = time.time()
+    stream = h.place(size(h, 30, 90), buyers, rate=4, background=True)
+    time.sleep(2)
+    h.rabbit.ctl("set_disk_free_limit", "1000000GB")
+    try:
+        raised = _wait_until(lambda: "disk" in h.rabbit.ctl("status"), 10, interval=0.5)
+        time.sleep(hold)
+    finally:
+        h.rabbit.ctl("set_disk_free_limit", "50MB")
+    fault_end = time.time()
+    row.notes.append("disk alarm raised" if raised else "no disk alarm in rabbitmqctl status")
+    stream.wait()
+    slowest = max((r.seconds for r in stream.results if r.status), default=0.0)
+    row.notes.append(f"slowest answer {slowest:.1f}s")
+    problems = [] if raised else ["no disk alarm"]
+    return h.measure(
+        row, buyers=buyers, streams=[stream], started=started, fault_end=fault_end, deadline=120, problems=problems
+    )
+
+
+# --- the dead-letter recorder under a backlog ----------------------------------------------------------------
+
+
+def _dead_letter_backlog(h: Harness, messages: int) -> tuple[str, int]:
+    """Stop the recorder and dead-letter ``messages`` unreadable messages at every subscriber; wait
+    until the recorder's queue holds them all. Returns the marker in their bodies and the number of
+    dead letters (messages x subscribers)."""
+    h.system.stop("recorder")
+    marker = f"backlog-{uuid.uuid4().hex[:12]}"
+    with h.broker_connection() as conn:
+        producer = Producer(conn.default_channel)
+        for i in range(messages):
+            producer.publish(
+                f"unreadable {marker} {i}".encode(),
+                exchange=topology.EVENTS_EXCHANGE.name,
+                routing_key="",
+                serializer=None,
+                content_type="text/plain",
+                content_encoding="utf-8",
+                delivery_mode=2,
+            )
+    expected = messages * len(topology.SUBSCRIBERS)
+    _wait_until(lambda: _recorder_queue_depth(h) >= expected, 120, interval=1)
+    return marker, expected
+
+
+def _recorder_queue_depth(h: Harness) -> int:
+    with h.broker_connection() as conn:
+        return conn.default_channel.queue_declare(topology.RECORDER_QUEUE_NAME, passive=True).message_count
+
+
+def _recorded(h: Harness, marker: str) -> dict[str, tuple[int, int]]:
+    """subscriber -> (FailedEvent rows, distinct bodies) for the backlog's dead letters."""
+    return {
+        subscriber: (rows, bodies)
+        for subscriber, rows, bodies in h.db.query(
+            "SELECT subscriber, count(*), count(DISTINCT body_digest) FROM events_failedevent"
+            " WHERE raw_body LIKE %s GROUP BY subscriber",
+            (f"%{marker}%",),
+        )
+    }
+
+
+def _recorded_count(h: Harness, marker: str) -> int:
+    return sum(rows for rows, _ in _recorded(h, marker).values())
+
+
+def _backlog_verdict(h: Harness, row: Row, marker: str, messages: int, expected: int, deadline: float) -> list[str]:
+    """Wait for the backlog to be recorded; the problems if it is not exactly one row per dead letter."""
+    _wait_until(lambda: _recorded_count(h, marker) >= expected, deadline, interval=1)
+    time.sleep(3)  # late duplicates
+    recorded = _recorded(h, marker)
+    rows = sum(r for r, _ in recorded.values())
+    duplicated = sum(r - b for r, b in recorded.values())
+    depth = _recorder_queue_depth(h)
+    row.notes.append(
+        f"{expected} dead letters ({messages} messages x {len(topology.SUBSCRIBERS)} subscribers): {rows} FailedEvent"
+        f" rows, {duplicated} duplicated; {depth} left in the recorder's queue"
+    )
+    problems = []
+    if rows - duplicated < expected:
+        problems.append(f"{expected - (rows - duplicated)} dead letter(s) without a FailedEvent")
+    if duplicated:
+        problems.append(f"{duplicated} dead letter(s) recorded twice")
+    missing = [s.name for s in topology.SUBSCRIBERS if recorded.get(s.name, (0, 0))[1] != messages]
+    if missing and not problems:
+        problems.append(f"wrong count for {', '.join(missing)}")
+    return problems
+
+
+def database_restart_recorder_backlog(h: Harness) -> Row:
+    """The recorder works through hundreds of dead letters; PostgreSQL restarts in the middle. Every
+    dead letter still ends as exactly one FailedEvent, and the recorder keeps running."""
+    messages = size(h, 60, 150)
+    dead_letters = messages * len(topology.SUBSCRIBERS)
+    row = Row(f"database restarted while the recorder works through {dead_letters} dead letters")
+    buyers = h.buyers_for_row(8)
+    started = time.time()
+    marker, expected = _dead_letter_backlog(h, messages)
+    stream = h.place(size(h, 10, 20), buyers)
+    h.system.start("recorder")
+    landed = _wait_until(lambda: _recorded_count(h, marker) >= 5, 60, interval=0.05)
+    at_stop = _recorded_count(h, marker)
+    hazards = Hazards()
+    stopped_at = time.time()
+    h.postgres.stop()
+    time.sleep(size(h, 3, 5))
+    h.postgres.start()
+    fault_end = time.time()
+    hazards.add(stopped_at, fault_end)
+    row.notes.append(f"PostgreSQL stopped with {at_stop} of {expected} dead letters recorded")
+    problems = _backlog_verdict(h, row, marker, messages, expected, deadline=120)
+    if not landed or at_stop >= expected:
+        problems.append("the restart did not land mid-backlog")
+    return h.measure(
+        row, buyers=buyers, streams=[stream], started=started, fault_end=fault_end, hazards=hazards, deadline=90,
+        expected_dead_letters=expected, problems=problems,
+    )  # fmt: skip
+
+
+def recorder_killed_mid_backlog(h: Harness) -> Row:
+    """SIGKILL the recorder while it works through hundreds of dead letters, then start it again:
+    whatever it had not acknowledged is delivered again, and recorded exactly once."""
+    messages = size(h, 60, 150)
+    row = Row(f"recorder SIGKILLed mid-backlog of {messages * len(topology.SUBSCRIBERS)} dead letters, then restarted")
+    buyers = h.buyers_for_row(8)
+    started = time.time()
+    marker, expected = _dead_letter_backlog(h, messages)
+    stream = h.place(size(h, 10, 20), buyers)
+    h.system.start("recorder")
+    landed = _wait_until(lambda: _recorded_count(h, marker) >= 5, 60, interval=0.02)
+    h.system.kill("recorder")
+    at_kill = _recorded_count(h, marker)
+    row.notes.append(f"recorder killed with {at_kill} of {expected} dead letters recorded")
+    time.sleep(1)
+    h.system.start("recorder")
+    fault_end = time.time()
+    problems = _backlog_verdict(h, row, marker, messages, expected, deadline=120)
+    if not landed or at_kill >= expected:
+        problems.append("the kill did not land mid-backlog")
+    return h.measure(
+        row, buyers=buyers, streams=[stream], started=started, fault_end=fault_end, deadline=60,
+        expected_dead_letters=expected, problems=problems,
+    )  # fmt: skip
+
+
 # name -> fault kind: the ledger, in priority order.
 KINDS: dict[str, Callable[[Harness], Row]] = {
     "worker-kill-confirmation": lambda h: worker_killed(h, "order_confirmation"),
@@ -573,6 +878,13 @@ KINDS: dict[str, Callable[[Harness], Row]] = {
     "poison": poison_messages,
     "deleted-queue": deleted_queue,
     "topology-mismatch": topology_mismatch,
+    "partition-worker-broker": worker_broker_partition,
+    "partition-worker-database": worker_database_partition,
+    "partition-web-broker": web_broker_partition,
+    "crash-loop": handler_crash_loop,
+    "disk-alarm": broker_disk_alarm,
+    "recorder-database-restart": database_restart_recorder_backlog,
+    "recorder-kill": recorder_killed_mid_backlog,
 }
 
 

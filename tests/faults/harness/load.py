@@ -30,6 +30,7 @@ class Attempted:
     attempts: int = 0
     error: str = ""
     at: float = 0.0
+    seconds: float = 0.0  # from the first attempt until the answer that ended it
 
 
 @dataclass
@@ -112,6 +113,7 @@ class LoadDriver:
 
     def _send(self, attempt: Attempted, token: str, deadline: float) -> None:
         headers = {"Authorization": f"Token {token}", "Idempotency-Key": attempt.key}
+        first_try = time.monotonic()
         with httpx.Client(base_url=self.base_url, timeout=10) as client:
             while attempt.attempts < MAX_ATTEMPTS and time.monotonic() < deadline:
                 attempt.attempts += 1
@@ -123,6 +125,7 @@ class LoadDriver:
                     continue
                 attempt.status = response.status_code
                 attempt.at = time.time()
+                attempt.seconds = time.monotonic() - first_try
                 if response.status_code == 201:
                     attempt.order_id = response.json()["id"]
                     return

@@ -58,7 +58,21 @@ Do not edit by hand: run `bin/faults` again.
   plus one inert test hook (`tests/faults/harness/crash_hook.py`, used by the crash-loop poison
   message only). Retries follow the production policy shape (5 retries, exponential backoff)
   with the backoff capped at 8 s so that a run ends in minutes; `SELLER_WEBHOOK_TIMEOUT` is 2 s,
-  `EMAIL_TIMEOUT` 5 s.
+  `EMAIL_TIMEOUT` 5 s, `BROKER_HEARTBEAT` 10 s (production default 30 s) and the database's
+  connect timeout, keepalives and TCP user timeout 5 s, 5+2x3 s and 10 s.
+- **Network partitions.** A partition row restarts one process with its `BROKER_URL` or
+  `DATABASE_URL` pointing at a TCP proxy (`tests/support/tcp_proxy.py`) and then *blackholes* the
+  proxy: no byte passes either way, nothing is closed or refused, bytes sent meanwhile are held
+  (as TCP retransmits them) and go through when it heals; a side that closes meanwhile is not heard
+  by the other side, whose next bytes after the heal are answered with a reset. The partition lasts
+  30 s, longer than two heartbeats, so the broker gives the connection up meanwhile. The worker
+  cut off from PostgreSQL runs with `idle_in_transaction_session_timeout` 10 s (as many production
+  servers do) and with its emails slowed to 1.5 s, so the server ends the transaction the partition
+  caught after its email went out, and the worker's commit fails after the heal.
+- **The dead-letter recorder rows** stop the recorder, publish unreadable messages to the fanout
+  (each is dead-lettered by every subscriber), wait until the recorder's queue holds every dead
+  letter, start the recorder and restart PostgreSQL, or SIGKILL the recorder, once it has recorded
+  a few; then count `FailedEvent` rows against the dead letters produced (one each, none twice).
 - **The edges.** Email goes over SMTP to a sink (aiosmtpd) that records every accepted message with
   its `X-Marketplace-Event-Id`; the demo seller *Canvas Goods* is notified by webhook, to an HTTP
   server that records every request it answers 2xx with its `Idempotency-Key`. Both can be told to
@@ -78,15 +92,19 @@ Do not edit by hand: run `bin/faults` again.
   is counted outside the window. A webhook request that was never answered 2xx (hang, 4xx, 5xx)
   is not an accepted copy.
 - **Oversold** counts units sold beyond a product's initial stock plus units of negative stock.
-- **Dead-lettered** counts `FailedEvent` rows created during the row. Only the poison row (one per
-  poison message and subscriber) and the 4xx row (dead-lettered by design, then replayed) expect any.
+- **Dead-lettered** counts `FailedEvent` rows created during the row. Only the poison and
+  crash-loop rows (one per poison message and subscriber), the 4xx row (dead-lettered by design,
+  then replayed) and the recorder rows (their backlog) expect any.
 - **Recovery seconds** is the time from the end of the fault until every expected effect had
   been observed (then the counter waits a few seconds more for late duplicates). "not within N"
   means some effect was still missing N seconds after the fault ended.
 - **Verdict**: pass when nothing was lost, duplicated outside the window, oversold or
   unexpectedly dead-lettered, and the row's own expectation held (the database outage must
-  recover within 30 s; every poison message must end as a `FailedEvent` of every subscriber;
-  the deleted queue must raise an alert; a mismatched queue must make `setup_broker` fail naming it).
+  recover within 30 s, a partition within 60 s of healing; every poison message must end as a
+  `FailedEvent` of every subscriber, and a crash-looping event kill its worker at most delivery
+  limit + 1 times; the web partitioned from the broker must answer every order within 5 s at the
+  first attempt; every dead letter of a recorder row must end as exactly one `FailedEvent`; the
+  deleted queue must raise an alert; a mismatched queue must make `setup_broker` fail naming it).
 
 ## Limits of the measurement
 
@@ -98,8 +116,48 @@ Do not edit by hand: run `bin/faults` again.
   intervals every duplicate counts against the system.
 - Each row heals the system before the next (edges healed, dead processes restarted, queues
   drained); a process that exited on its own during a row is named in the row's notes and fails it.
+- A proxy in user space cannot drop packets: its own kernel acknowledges every segment and every
+  TCP keepalive probe. So the partition rows exercise what the processes see (silence, then held
+  bytes or a reset) and their application-level timeouts and heartbeats, not the database
+  connection's TCP keepalives and `TCP_USER_TIMEOUT`, which only a packet filter could test.
 - Quick mode (`--quick`) uses smaller loads and shorter outages (database 15 s, 60-event drain,
   200-order backlog); the full run uses the sizes in the fault names.
+
+## What whoever may publish can and cannot do
+
+Anyone with write permission on the vhost can publish any well-formed AMQP message to
+`marketplace.events`, to a subscriber queue, to the recorder's inbox or to a dead-letter queue.
+The tests generate that input space (`tests/events/test_hostile_decoding.py`,
+`tests/subscribers/test_hostile_messages.py`: any bytes and size, JSON of any shape and depth,
+every content type and encoding, headers of every AMQP field type, every property).
+
+- **Cannot stop anything.** Every reader settles each message on its own: a worker dead-letters
+  what it cannot read (and rejects to RabbitMQ's own dead-lettering what it cannot even republish);
+  the recorder records it as unreadable, with its bytes and the exception, or parks it in
+  `marketplace.dead-letter.parked` with an alert when the database refuses even that; header
+  frames py-amqp cannot decode become a message that says so (`marketplace/events/amqp_frames.py`).
+  Only a lost connection makes a reader reconnect.
+- **Cannot reach another deployment.** Events name their deployment; subscribers dead-letter
+  events of another one (`ForeignEvent`), and an event naming none unless this deployment's outbox
+  holds it. Each deployment has its own vhost by default.
+- **Can** fill the admin's *Failed events* and the dead-letter queues with records (and alerts),
+  and **can** forge a valid event naming this deployment: an event is trusted as far as its
+  publisher is. Publish rights are the trust boundary.
+
+Restrict them with RabbitMQ's own controls:
+
+- One user per process kind, and write permission only where each publishes:
+  `rabbitmqctl set_permissions -p VHOST USER CONFIGURE WRITE READ`, each a regular expression over
+  resource names. The web and the relay write to `^marketplace\\.events$` only; a subscriber's
+  worker to `^marketplace\\.dead-letter$`, `^amq\\.default$` (its retries go to its own queues
+  through the default exchange) and Celery's `celeryev`/`pidbox` exchanges; the recorder to
+  `^amq\\.default$` (its parked queue). Every
+  process declares what it uses at start, so `configure` stays as wide as today's
+  `setup_broker` needs.
+- Topic authorisation (`rabbitmqctl set_topic_permissions`) applies to topic exchanges only; ours
+  are fanout and direct, so vhost permissions are the tool.
+- Never give another system's user write permission on this vhost; give it a queue of its own
+  bound to `marketplace.events` and read permission on that queue only.
 
 ## Notes per row
 

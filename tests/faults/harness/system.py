@@ -36,6 +36,18 @@ RETRY_ENV = {
 }
 
 
+# Short heartbeats and database timeouts, so that a network partition of 30 s outlasts them and
+# a partition row ends in about a minute (production defaults: .env.example).
+TIMEOUT_ENV = {
+    "BROKER_HEARTBEAT": "10",
+    "DATABASE_CONNECT_TIMEOUT": "5",
+    "DATABASE_KEEPALIVES_IDLE": "5",
+    "DATABASE_KEEPALIVES_INTERVAL": "2",
+    "DATABASE_KEEPALIVES_COUNT": "3",
+    "DATABASE_TCP_USER_TIMEOUT_MS": "10000",
+}
+
+
 def read_procfile(path: Path = ROOT / "Procfile") -> dict[str, str]:
     commands = {}
     for line in path.read_text().splitlines():
@@ -104,6 +116,7 @@ class System:
             "FAULT_LEDGER_CONTROL_DIR": str(self.control_dir),
             "LOG_LEVEL": "INFO",
             **RETRY_ENV,
+            **TIMEOUT_ENV,
         }
         self.commands = read_procfile()
         if "recorder" not in self.commands:
@@ -143,7 +156,9 @@ class System:
     def worker_names(self) -> list[str]:
         return [name for name in self.commands if name in SUBSCRIBERS]
 
-    def start(self, name: str, *, command: str | None = None, wait: bool = True) -> Proc:
+    def start(self, name: str, *, command: str | None = None, wait: bool = True, env: dict | None = None) -> Proc:
+        """Start ``name`` as its own process group; ``env`` overrides variables for this start only
+        (a partition row points one process's BROKER_URL or DATABASE_URL at a proxy)."""
         command = command or self.commands.get(name) or self.commands[name.rstrip("0123456789")]
         old = self.procs.get(name)
         if old is not None and old.alive:
@@ -156,7 +171,7 @@ class System:
         proc.process = subprocess.Popen(
             ["bash", "-c", f"exec {command}"],
             cwd=ROOT,
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
