@@ -38,6 +38,7 @@ from django.conf import settings
 from django.core.mail import EmailMessage
 from django.db import DatabaseError, transaction
 
+from marketplace.events.failure_groups import root_cause_line
 from marketplace.events.subscriber import TRANSIENT_ERRORS, TransientDownstreamError, claim_event, insert_once
 from marketplace.mail import mail_server, send_email
 from notifications.models import Notification
@@ -63,7 +64,16 @@ class SellerWebhookUnreachable(TransientDownstreamError):
 
 
 class SellersNotNotified(Exception):
-    """Several sellers of one order could not be notified, none for a reason worth retrying."""
+    """Several sellers of one order could not be notified, none for a reason worth retrying.
+
+    ``root_cause`` is the failure that decides (the first worth retrying, else the first); the
+    first line of the message names it (failure_groups.root_cause_line), so that a seller's outage
+    is one failure group whether its order had one failing seller or several.
+    """
+
+    def __init__(self, summary: str, *, root_cause: Exception):
+        self.root_cause = root_cause
+        super().__init__(f"{root_cause_line(root_cause)}\n{summary}")
 
 
 class SellersNotNotifiedTransient(SellersNotNotified, TransientDownstreamError):
@@ -235,7 +245,8 @@ def _notify_each_seller(
         cause = transient[0] if transient else failures[0][1]
         raise not_notified(
             f"{len(failures)} of {len(lines_by_seller)} sellers of order #{order['order_id']} not notified: "
-            + "; ".join(_failure_text(seller, exc) for seller, exc in failures)
+            + "; ".join(_failure_text(seller, exc) for seller, exc in failures),
+            root_cause=cause,
         ) from cause
     return notified
 

@@ -4,18 +4,27 @@ from collections.abc import Iterator
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Exists, OuterRef
-from django.http import Http404, HttpResponseRedirect, StreamingHttpResponse
+from django.http import Http404, HttpResponseRedirect, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.utils.html import escape, format_html, format_html_join
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.utils.timesince import timesince
 
 from marketplace.events import trace
-from marketplace.events.failure_groups import failure_group, open_failure_groups
+from marketplace.events.failure_groups import (
+    failure_group,
+    group_replay_progress,
+    group_status_counts,
+    open_failure_groups,
+    root_cause,
+)
 from marketplace.events.models import DeliveryAttempt, FailedEvent, FailedEventReplay, OutboxEvent
 from marketplace.events.services import (
+    REPLAYABLE,
     GroupOutcome,
     NotReplayable,
     failed_event_archive,
@@ -109,7 +118,14 @@ class OutboxEventAdmin(admin.ModelAdmin):
     def _trace(self, request, title: str, traces: list[trace.EventTrace]):
         if not self.has_view_permission(request):
             raise PermissionDenied
-        context = {**self.admin_site.each_context(request), "title": title, "traces": traces, "opts": self.model._meta}
+        context = {
+            **self.admin_site.each_context(request),
+            "title": title,
+            "traces": traces,
+            "opts": self.model._meta,
+            "can_replay": request.user.has_perm("events.replay_failedevent"),
+            "here": request.get_full_path(),
+        }
         return TemplateResponse(request, "admin/events/trace.html", context)
 
     def has_add_permission(self, request):
@@ -128,10 +144,18 @@ class FailedEventReplayInline(admin.TabularInline):
     can_delete = False
     verbose_name = "replay or archive"
     verbose_name_plural = "replays and archives (audit)"
-    fields = readonly_fields = ["action", "via", "requested_by", "requested_at", "outcome", "finished_at"]
+    fields = readonly_fields = ["action", "via", "requested_by", "requested", "outcome", "finished"]
 
     def has_add_permission(self, request, obj=None):
         return False
+
+    @admin.display(description="requested at")
+    def requested(self, obj):
+        return moment(obj.requested_at)
+
+    @admin.display(description="finished at")
+    def finished(self, obj):
+        return moment(obj.finished_at)
 
 
 class FailureGroupFilter(admin.SimpleListFilter):
@@ -214,23 +238,30 @@ class FailedEventAdmin(admin.ModelAdmin):
 
     @admin.display(description="failure group")
     def group(self, obj):
-        url = reverse("admin:events_failedevent_changelist") + f"?group={obj.group_key}"
-        return format_html(
-            '<a href="{}">{} · {} · {}</a>', url, obj.subscriber, obj.exception_class, obj.message_pattern
-        )
+        url = reverse("admin:events_failedevent_group", args=[obj.group_key])
+        cause_class, _ = root_cause(exception_class=obj.exception_class, exception_message=obj.exception_message)
+        return format_html('<a href="{}">{} · {} · {}</a>', url, obj.subscriber, cause_class, obj.message_pattern)
 
     @admin.display(description="delivery history")
     def delivery_history(self, obj):
         if obj.event_id is None:
             return "-"
-        attempts = DeliveryAttempt.objects.filter(subscriber=obj.subscriber, event_id=obj.event_id)
+        attempts = trace.numbered(DeliveryAttempt.objects.filter(subscriber=obj.subscriber, event_id=obj.event_id))
         if not attempts:
             return "no attempts recorded"
         rows = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td>{} ms</td><td>{}</td><td>{}</td><td class='wrapped'>{}</td></tr>",
+            "<tr class='delivery-attempt'><td>{}</td><td>{}</td><td>{} ms</td><td>{}</td><td>{}</td>"
+            "<td class='wrapped'>{}</td></tr>",
             (
-                (a.attempt, moment_ms(a.started_at), f"{a.duration_ms:.1f}", a.worker, a.get_outcome_display(), a.error)
+                (
+                    a.label,
+                    moment_ms(a.attempt.started_at),
+                    f"{a.attempt.duration_ms:.1f}",
+                    a.attempt.worker,
+                    a.attempt.get_outcome_display(),
+                    a.attempt.error,
+                )
                 for a in attempts
             ),
         )
@@ -263,24 +294,125 @@ class FailedEventAdmin(admin.ModelAdmin):
         context = {**(extra_context or {}), "failure_groups": open_failure_groups()[:10]}
         return super().changelist_view(request, context)
 
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        failed_event = self.get_object(request, object_id)
+        context = {**(extra_context or {})}
+        if failed_event is not None and self.has_replay_permission(request):
+            context |= {
+                "can_replay": failed_event.status == FailedEvent.Status.FAILED,
+                "can_archive": failed_event.status in REPLAYABLE,
+            }
+        return super().change_view(request, object_id, form_url, context)
+
     def get_urls(self):
         view = self.admin_site.admin_view
         return [
             path("groups/", view(self.groups_view), name="events_failedevent_groups"),
+            path("groups/<str:key>/", view(self.group_view), name="events_failedevent_group"),
+            path(
+                "groups/<str:key>/progress/",
+                view(self.group_progress_view),
+                name="events_failedevent_group_progress",
+            ),
             path(
                 "groups/<str:key>/<str:action>/", view(self.group_action_view), name="events_failedevent_group_action"
             ),
+            path("<int:pk>/do/<str:action>/", view(self.event_action_view), name="events_failedevent_action"),
             *super().get_urls(),
         ]
+
+    def event_action_view(self, request, pk: int, action: str):
+        """Replay or archive one failed event: asks first (GET), acts on POST, audited as the
+        list's actions are; then back to ``next`` (the trace it was asked from) or the event."""
+        if action not in ("replay", "archive"):
+            raise Http404
+        if not self.has_replay_permission(request):
+            raise PermissionDenied
+        failed_event = get_object_or_404(FailedEvent, pk=pk)
+        back = request.POST.get("next") or request.GET.get("next") or ""
+        if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}):
+            back = reverse("admin:events_failedevent_change", args=[pk])
+        if request.method != "POST":
+            context = {
+                **self.admin_site.each_context(request),
+                "title": f"{action.capitalize()} failed event #{pk}",
+                "opts": self.model._meta,
+                "failed_event": failed_event,
+                "action": action,
+                "next": back,
+            }
+            return TemplateResponse(request, "admin/events/failedevent/event_confirm.html", context)
+        try:
+            if action == "replay":
+                failed_event_replay(failed_event=failed_event, requested_by=request.user, via="admin")
+                self.message_user(request, f"Replayed failed event #{pk} to {failed_event.subscriber}.")
+            else:
+                if failed_event.status not in REPLAYABLE:
+                    raise NotReplayable(f"failed event {pk} is {failed_event.status}")
+                failed_event_archive(failed_event=failed_event, requested_by=request.user, via="admin")
+                self.message_user(request, f"Archived failed event #{pk}.")
+        except NotReplayable as exc:
+            self.message_user(request, f"Skipped: {exc}", messages.WARNING)
+        return HttpResponseRedirect(back)
+
+    def group_view(self, request, key: str):
+        """One failure group, closed members included: its root cause, each status's count, and
+        the progress of its replays (kept up to date by events/replay_progress.js)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        counts = group_status_counts(key)
+        sample = FailedEvent.objects.filter(group_key=key).order_by("-last_failed_at").first()
+        if sample is None:
+            raise Http404("no such failure group")
+        cause_class, _ = root_cause(exception_class=sample.exception_class, exception_message=sample.exception_message)
+        since = parse_datetime(request.GET.get("since", "").replace(" ", "+"))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Failure group",
+            "opts": self.model._meta,
+            "key": key,
+            "sample": sample,
+            "cause_class": cause_class,
+            "counts": counts,
+            "group": failure_group(key),
+            "progress": group_replay_progress(key=key, since=since),
+            "progress_url": reverse("admin:events_failedevent_group_progress", args=[key])
+            + (f"?{urlencode({'since': since.isoformat()})}" if since else ""),
+            "members_url": reverse("admin:events_failedevent_changelist") + f"?group={key}",
+            "can_act": self.has_replay_permission(request),
+        }
+        return TemplateResponse(request, "admin/events/failedevent/group.html", context)
+
+    def group_progress_view(self, request, key: str):
+        """The group page's state as JSON, polled while a replay is under way."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        since = parse_datetime(request.GET.get("since", "").replace(" ", "+"))
+        progress = group_replay_progress(key=key, since=since)
+        counts = group_status_counts(key)
+        return JsonResponse(
+            {
+                "progress": str(progress),
+                "requested": progress.requested,
+                "finished": progress.finished,
+                "done": progress.done,
+                "counts": counts,
+                "open": counts[FailedEvent.Status.FAILED] + counts[FailedEvent.Status.REPLAYING],
+                "replayable": counts[FailedEvent.Status.FAILED] > 0,
+            }
+        )
 
     def groups_view(self, request):
         if not self.has_view_permission(request):
             raise PermissionDenied
+        groups = open_failure_groups()
         context = {
             **self.admin_site.each_context(request),
             "title": "Failure groups",
             "opts": self.model._meta,
-            "groups": open_failure_groups(),
+            "groups": groups,
+            # A group with replays under way shows (and follows) their progress.
+            "rows": [(group, group_replay_progress(key=group.key) if group.replaying else None) for group in groups],
             "can_act": self.has_replay_permission(request),
         }
         return TemplateResponse(request, "admin/events/failedevent/groups.html", context)
@@ -304,11 +436,14 @@ class FailedEventAdmin(admin.ModelAdmin):
                 "action": action,
             }
             return TemplateResponse(request, "admin/events/failedevent/group_confirm.html", context)
+        # The group's page then follows these replays until the subscriber has handled each.
+        group_url = reverse("admin:events_failedevent_group", args=[key])
+        group_url += f"?{urlencode({'since': timezone.now().isoformat()})}" if action == "replay" else ""
         if group.count < GROUP_PROGRESS_FROM:
             outcome = failure_group_apply(key=key, action=action, requested_by=request.user)
             self.message_user(request, _group_summary(action, outcome), messages.SUCCESS)
-            return HttpResponseRedirect(groups_url)
-        return StreamingHttpResponse(_progress_page(key, request.user, action, group.count, groups_url))
+            return HttpResponseRedirect(group_url)
+        return StreamingHttpResponse(_progress_page(key, request.user, action, group.count, group_url))
 
     def has_add_permission(self, request):
         return False
@@ -366,4 +501,5 @@ def _progress_page(key: str, user, action: str, total: int, back_url: str) -> It
         if handled % 100 == 0:
             yield f"<p>{handled} of {total}…</p>"
     summary = escape(_group_summary(action, outcome))
-    yield f"<p><strong>{summary}</strong></p><p><a href='{escape(back_url)}'>Back to the failure groups</a></p>"
+    link = f"<a href='{escape(back_url)}'>The failure group, as its events are handled</a>"
+    yield f"<p><strong>{summary}</strong></p><p>{link}</p>"

@@ -15,18 +15,61 @@ from django.utils.html import format_html
 from django.utils.module_loading import import_string
 
 from marketplace.events import topology
-from marketplace.events.models import DeliveryAttempt, FailedEvent, OutboxEvent, ProcessedEvent
+from marketplace.events.models import DeliveryAttempt, FailedEvent, FailedEventReplay, OutboxEvent, ProcessedEvent
+
+
+@dataclass
+class NumberedAttempt:
+    """An attempt numbered across the event's whole history: the subscriber counts each delivery
+    (the first, or a replay) from 1, which would show two #1s; a replay's attempts say so."""
+
+    number: int
+    attempt: DeliveryAttempt
+
+    @property
+    def label(self) -> str:
+        return f"#{self.number} (replay)" if self.attempt.replay_of_id else f"#{self.number}"
+
+    @property
+    def error_first_line(self) -> str:
+        return self.attempt.error.split("\n", 1)[0]
+
+    @property
+    def error_rest(self) -> str:
+        return self.attempt.error.partition("\n")[2]
+
+
+def numbered(attempts) -> list[NumberedAttempt]:
+    return [NumberedAttempt(number, attempt) for number, attempt in enumerate(attempts, start=1)]
 
 
 @dataclass
 class SubscriberState:
     subscriber: str
-    # done, retrying, failed, replaying, archived, pending, not published yet, not subscribed
+    # done, retrying, failed, replay requested, archived, pending, not published yet, not subscribed
     state: str
     at: datetime | None = None
     failed_event: FailedEvent | None = None
-    attempts: list[DeliveryAttempt] = field(default_factory=list)
+    attempts: list[NumberedAttempt] = field(default_factory=list)
     effects: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def history(self) -> str:
+        """What happened with the failed event, next to the state: 'failed (event #4), then
+        resolved by replay' for a done subscriber; empty when nothing failed."""
+        failed = self.failed_event
+        if failed is None:
+            return ""
+        if self.state != "done":
+            return ""  # the state says it: failed, replay requested, archived
+        if failed.status == FailedEvent.Status.RESOLVED:
+            replayed = FailedEventReplay.objects.filter(
+                failed_event=failed,
+                action=FailedEventReplay.Action.REPLAY,
+                outcome=FailedEventReplay.Outcome.SUCCEEDED,
+            ).exists()
+            return "then resolved by replay" if replayed else "then resolved"
+        return f"then succeeded (the failed event is {failed.get_status_display().lower()})"
 
 
 @dataclass
@@ -58,7 +101,7 @@ def _state(subscriber: topology.Subscriber, event: OutboxEvent) -> SubscriberSta
     if event.event_type not in subscriber.event_types:
         return SubscriberState(subscriber.name, "not subscribed")
     attempts = list(DeliveryAttempt.objects.filter(subscriber=subscriber.name, event_id=event.event_id))
-    state = SubscriberState(subscriber.name, "pending", attempts=attempts)
+    state = SubscriberState(subscriber.name, "pending", attempts=numbered(attempts))
     processed = ProcessedEvent.objects.filter(subscriber=subscriber.name, event_id=event.event_id).first()
     failed = FailedEvent.objects.filter(subscriber=subscriber.name, event_id=event.event_id).first()
     state.failed_event = failed

@@ -10,12 +10,25 @@ configured, unless FLOWER_UNAUTHENTICATED_API is set). /healthcheck stays open, 
     python -m marketplace.metrics.flower --port=5555     # same arguments as `celery flower`
 
 The Procfile and docker-compose.yml start Flower this way.
+
+It also makes two of Flower's views tell the truth about this deployment:
+
+- The Broker tab lists only the queues the workers consume, and the RabbitMQ management API
+  answers for every vhost when asked for "/" (each queue twice, another deployment's too). It
+  lists here every queue of the topology (subscriber, retry and dead-letter queues, the recorder's
+  inbox and the parked queue), and only those of BROKER_URL's vhost.
+- At start Flower inspects the workers once (stats, active_queues, registered, conf): those that
+  start alongside it are not listening yet, and each method logs "Inspect method ... failed".
+  Nobody answering is not a failure: that is logged once, at INFO; the Workers page inspects
+  again when opened. A worker that answers with an error is still a warning.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from urllib.parse import unquote
 
 from prometheus_client import values
 from tornado import web
@@ -51,6 +64,52 @@ def _handler(route) -> type | None:
     return getattr(route, "handler_class", None) or (route[1] if isinstance(route, tuple) else None)
 
 
+def show_deployment_queues() -> None:
+    """The Broker tab: every queue of our topology, in BROKER_URL's vhost only."""
+    from flower.utils import broker
+    from flower.views import BaseHandler
+
+    from marketplace.events import topology
+
+    active_queue_names = BaseHandler.get_active_queue_names
+
+    def get_active_queue_names(self) -> list[str]:
+        from django.conf import settings
+
+        ours = {queue.name for queue in topology.all_queues(settings.SUBSCRIBER_RETRY_DELAYS)}
+        return sorted(set(active_queue_names(self)) | ours)
+
+    BaseHandler.get_active_queue_names = get_active_queue_names
+
+    rabbitmq_queues = broker.RabbitMQ.queues
+
+    async def queues(self, names):
+        vhost = unquote(self.vhost)
+        return [queue for queue in await rabbitmq_queues(self, names) if queue.get("vhost", vhost) == vhost]
+
+    broker.RabbitMQ.queues = queues
+
+
+class NoWorkerAnswered(logging.Filter):
+    """Flower's 'Inspect method %s failed' without a reason means no worker answered at all (none
+    is up yet, or none is up): said once, at INFO, rather than a warning per method."""
+
+    said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != "Inspect method %s failed" or len(record.args or ()) != 1:
+            return True
+        if self.said:
+            return False
+        NoWorkerAnswered.said = True
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg, record.args = (
+            "no worker answered Flower's inspection yet (%s); the Workers page asks again",
+            (record.args[0],),
+        )
+        return True
+
+
 def main(argv: list[str]) -> int:
     # Flower keeps its own metrics in its memory. With PROMETHEUS_MULTIPROC_DIR set (from .env, say)
     # prometheus_client would write them to the shared directory, where the web's /metrics would
@@ -58,6 +117,8 @@ def main(argv: list[str]) -> int:
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     values.ValueClass = values.MutexValue
     protect_metrics()
+    show_deployment_queues()
+    logging.getLogger("flower.inspector").addFilter(NoWorkerAnswered())
     from celery.bin.celery import main as celery
 
     sys.argv = ["celery", "-A", "marketplace", "flower", *argv]

@@ -10,8 +10,11 @@ from django.urls import reverse
 from django.utils import timezone
 
 from marketplace.events import topology
-from marketplace.events.failure_groups import grouping_fields, message_pattern
+from marketplace.events.failure_groups import grouping_fields, message_pattern, root_cause_line
 from marketplace.events.models import FailedEvent, FailedEventReplay
+from marketplace.events.services import replay_finished
+from marketplace.events.subscriber import TransientDownstreamError
+from notifications.handlers import SellersNotNotifiedTransient
 from tests.factories import BuyerFactory
 from tests.support.broker import queue_depth
 
@@ -196,7 +199,12 @@ def test_a_dead_letter_of_any_bytes_is_recorded_and_shown(staff_client, client):
     [
         (
             "seller 48 (Acme 7) webhook http://127.0.0.1:8999/hooks/48?sig=ab12 answered 503",
-            "seller <n> (Acme <n>) webhook http://<n>.<n>.<n>.<n>:<n>/<path> answered <n>",
+            "seller <n> (Acme <n>) webhook http://127.0.0.1:8999/<path> answered <n>",  # the host names the downstream
+        ),
+        ("POST https://user:secret@hooks.example:8443 refused", "POST https://<userinfo>@hooks.example:8443 refused"),
+        (
+            "smtp.example.com answered 421 at http://10.0.0.7:25/",
+            "smtp.example.com answered <n> at http://10.0.0.7:25/",
         ),
         (
             "event 5f0c8a4e-1b2d-4c3e-9f8a-7b6c5d4e3f21 for ada@example.com failed",
@@ -287,3 +295,130 @@ def test_a_large_group_is_archived_with_a_progress_page(staff_client, client, mo
     audit = FailedEventReplay.objects.all()
     assert len(audit) == 3
     assert {(entry.action, entry.requested_by) for entry in audit} == {("archive", user)}
+
+
+def test_one_downstreams_outage_is_one_group_whether_it_failed_alone_or_with_others(staff_client, client):
+    staff_client()
+    answer = "seller {n} (Acme) webhook http://10.0.0.7:8080/hooks/{n} answered 503 Service Unavailable"
+    for _ in range(2):  # two orders of that one seller
+        make_failed(
+            subscriber="seller_notification",
+            exception="marketplace.events.subscriber.TransientDownstreamError",
+            exception_message=answer.format(n=48),
+        )
+    # An order of two sellers, both failing: the wrapper names its root cause on its first line.
+    wrapper = SellersNotNotifiedTransient(
+        "2 of 2 sellers of order #7 not notified: ...", root_cause=TransientDownstreamError(answer.format(n=48))
+    )
+    assert str(wrapper).splitlines()[0] == root_cause_line(wrapper.root_cause)
+    make_failed(
+        subscriber="seller_notification",
+        exception="notifications.handlers.SellersNotNotifiedTransient",
+        exception_message=str(wrapper),
+    )
+    make_failed(  # another answer of the same downstream is another cause
+        subscriber="seller_notification",
+        exception="marketplace.events.subscriber.TransientDownstreamError",
+        exception_message="seller 48 (Acme) webhook http://10.0.0.7:8080/hooks/48 answered 429 Too Many Requests",
+    )
+
+    groups = _groups_page(client).context["groups"]
+
+    assert [(g.exception_class, g.message_pattern, g.count, g.wrapped_in) for g in groups] == [
+        (
+            "marketplace.events.subscriber.TransientDownstreamError",
+            "seller <n> (Acme) webhook http://10.0.0.7:8080/<path> answered <n> Service Unavailable",
+            3,
+            ("notifications.handlers.SellersNotNotifiedTransient",),
+        ),
+        (
+            "marketplace.events.subscriber.TransientDownstreamError",
+            "seller <n> (Acme) webhook http://10.0.0.7:8080/<path> answered <n> Too Many Requests",
+            1,
+            (),
+        ),
+    ]
+
+
+def test_a_failed_events_page_replays_and_archives_it_after_asking(staff_client, client, empty_queues):
+    user = staff_client("replay_failedevent")
+    failed, other = make_failed(), make_failed()
+    page = client.get(reverse("admin:events_failedevent_change", args=[failed.pk])).content.decode()
+    replay_url = reverse("admin:events_failedevent_action", args=[failed.pk, "replay"])
+    assert replay_url in page
+    assert reverse("admin:events_failedevent_action", args=[failed.pk, "archive"]) in page
+
+    assert "Yes, replay it" in client.get(replay_url).content.decode()
+    assert not FailedEventReplay.objects.exists(), "asking changes nothing"
+    trace_url = reverse("admin:events_trace_event", args=[failed.event_id])
+    response = client.post(replay_url, {"next": trace_url})
+
+    assert response.status_code == 302
+    assert response.url == trace_url
+    failed.refresh_from_db()
+    assert failed.status == FailedEvent.Status.REPLAYING
+    assert [(r.action, r.via, r.requested_by) for r in failed.replays.all()] == [("replay", "admin", user)]
+    assert queue_depth(empty_queues, topology.subscriber_named("order_confirmation").queue_name) == 1
+    # Under way: no second replay is offered.
+    page = client.get(reverse("admin:events_failedevent_change", args=[failed.pk])).content.decode()
+    assert replay_url not in page
+
+    response = client.post(
+        reverse("admin:events_failedevent_action", args=[other.pk, "archive"]), {"next": "https://evil.example/"}
+    )
+    assert response.url == reverse("admin:events_failedevent_change", args=[other.pk]), "only a local next"
+    other.refresh_from_db()
+    assert other.status == FailedEvent.Status.ARCHIVED
+
+
+def test_a_failed_events_actions_need_the_replay_permission(staff_client, client):
+    staff_client()
+    failed = make_failed()
+    page = client.get(reverse("admin:events_failedevent_change", args=[failed.pk])).content.decode()
+    for action in ("replay", "archive"):
+        url = reverse("admin:events_failedevent_action", args=[failed.pk, action])
+        assert url not in page
+        assert client.get(url).status_code == 403
+        assert client.post(url).status_code == 403
+    assert FailedEvent.objects.get().status == FailedEvent.Status.FAILED
+
+
+def test_a_groups_page_follows_its_replay_until_done(staff_client, client, empty_queues):
+    staff_client("replay_failedevent")
+    members = [make_failed(exception_message=f"provider {n} down") for n in range(2)]
+    [group] = _groups_page(client).context["groups"]
+
+    response = client.post(reverse("admin:events_failedevent_group_action", args=[group.key, "replay"]))
+
+    assert response.url.startswith(reverse("admin:events_failedevent_group", args=[group.key]) + "?since=")
+    page = client.get(response.url)
+    assert "replaying: 0 of 2 done (0 succeeded)" in page.content.decode()
+    progress_url = page.context["progress_url"]
+    [listed] = _groups_page(client).context["rows"]
+    assert (listed[0].replaying, listed[0].replayable, str(listed[1])) == (
+        2,
+        False,
+        "replaying: 0 of 2 done (0 succeeded)",
+    )
+
+    FailedEvent.objects.filter(pk=members[0].pk).update(status=FailedEvent.Status.RESOLVED)
+    replay_finished(failed_event_id=members[0].pk, succeeded=True)
+    FailedEvent.objects.filter(pk=members[1].pk).update(status=FailedEvent.Status.FAILED)
+    replay_finished(failed_event_id=members[1].pk, succeeded=False)
+
+    state = client.get(progress_url).json()
+    assert state["progress"] == "replayed: 2 of 2 done (1 succeeded, 1 failed again)"
+    assert (state["done"], state["open"], state["replayable"]) == (True, 1, True)
+    assert state["counts"] == {"failed": 1, "replaying": 0, "resolved": 1, "archived": 0}
+
+
+def test_the_audit_shows_times_as_every_other_page_does(staff_client, client):
+    staff_client("replay_failedevent")
+    failed = make_failed()
+    FailedEventReplay.objects.create(failed_event=failed, via="admin")
+
+    page = client.get(reverse("admin:events_failedevent_change", args=[failed.pk])).content.decode()
+
+    assert f"{timezone.localtime():%Y-%m-%d} " in page.split("replays and archives (audit)")[-1]
+    assert " a.m." not in page
+    assert " p.m." not in page

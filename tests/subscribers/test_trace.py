@@ -1,11 +1,13 @@
 """The operator's trace: from an order to its event, each subscriber's state and its effects."""
 
+from datetime import timedelta
+
 import pytest
 from django.urls import reverse
 from django.utils import timezone
 
 from marketplace.events.failure_groups import grouping_fields
-from marketplace.events.models import DeliveryAttempt, FailedEvent, OutboxEvent, ProcessedEvent
+from marketplace.events.models import DeliveryAttempt, FailedEvent, FailedEventReplay, OutboxEvent, ProcessedEvent
 from notifications.models import Notification
 from orders.services import LineRequest, order_place
 from tests.factories import BuyerFactory, ProductFactory
@@ -86,3 +88,53 @@ def test_an_orders_trace_shows_where_its_event_is_with_each_subscriber(admin_cli
     )
     assert event_trace in admin_client.get(reverse("admin:notifications_notification_changelist")).content.decode()
     assert admin_client.get(event_trace).status_code == 200
+
+
+def test_a_trace_says_how_a_failure_ended_and_numbers_attempts_across_replays(admin_client):
+    order = order_place(buyer=BuyerFactory(), lines=[LineRequest(ProductFactory().pk, 1)], correlation_id="req-r").order
+    event = OutboxEvent.objects.get()
+    OutboxEvent.objects.update(published_at=timezone.now())
+    root = "seller 7 (Acme) webhook http://10.0.0.7:8080/hooks/7 answered 503 Service Unavailable"
+    error = f"SellersNotNotifiedTransient: root cause: x.TransientDownstreamError: {root}\n2 of 2 sellers: {'y' * 300}"
+    failed = FailedEvent.objects.create(
+        subscriber="seller_notification",
+        event_id=event.event_id,
+        event_type="order.placed",
+        payload=event.envelope,
+        exception_class="marketplace.events.subscriber.TransientDownstreamError",
+        exception_message=root,
+        last_failed_at=timezone.now(),
+        status=FailedEvent.Status.RESOLVED,
+        **grouping_fields(subscriber="seller_notification", exception_class="x.Error", exception_message=root),
+    )
+    FailedEventReplay.objects.create(failed_event=failed, via="admin", outcome=FailedEventReplay.Outcome.SUCCEEDED)
+    ProcessedEvent.objects.create(subscriber="seller_notification", event_id=event.event_id)
+    start = timezone.now()
+    outcomes = [  # the subscriber's own numbers: a replay counts from 1 again
+        (1, DeliveryAttempt.Outcome.RETRYING, None),
+        (2, DeliveryAttempt.Outcome.DEAD_LETTERED, None),
+        (1, DeliveryAttempt.Outcome.SUCCEEDED, failed),
+    ]
+    for n, (attempt, outcome, replay_of) in enumerate(outcomes):
+        DeliveryAttempt.objects.create(
+            subscriber="seller_notification",
+            event_id=event.event_id,
+            attempt=attempt,
+            started_at=start + timedelta(seconds=n),
+            duration_ms=1.0,
+            outcome=outcome,
+            error="" if outcome == DeliveryAttempt.Outcome.SUCCEEDED else error,
+            replay_of=replay_of,
+        )
+
+    response = admin_client.get(reverse("admin:events_trace_order", args=[order.pk]))
+
+    [trace] = response.context["traces"]
+    [seller] = [s for s in trace.subscribers if s.subscriber == "seller_notification"]
+    assert (seller.state, seller.history) == ("done", "then resolved by replay")
+    assert [a.label for a in seller.attempts] == ["#1", "#2", "#3 (replay)"]
+    page = response.content.decode()
+    failed_url = reverse("admin:events_failedevent_change", args=[failed.pk])
+    assert f'failed (<a href="{failed_url}">event #{failed.pk}</a>), then resolved by replay' in page
+    assert root in page, "the error's useful part is not cut off"
+    assert "y" * 300 in page, "nor is the rest (folded)"

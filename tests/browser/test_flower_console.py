@@ -1,0 +1,62 @@
+"""Flower as the operator meets it (marketplace/metrics/flower.py): its Broker tab shows this
+deployment's queues once each, dead-letter queues included, and its start logs no inspection
+warnings while no worker is up yet."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+from selenium.webdriver.common.by import By
+
+from marketplace.events import topology
+from tests.observability.test_flower import OURS, flower
+from tests.support.broker import rabbitmqctl
+from tests.support.waiting import eventually
+
+pytestmark = [pytest.mark.broker]
+
+CREDENTIALS = ("ops", "flower-s3cret")
+
+
+@pytest.fixture
+def other_deployment():
+    """Another deployment's vhost on the same RabbitMQ, with queues of the same names."""
+    from kombu import Connection
+
+    vhost = "marketplace-other-deployment-test"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    with Connection(f"amqp://guest:guest@127.0.0.1:5672/{vhost}") as conn:
+        topology.declare(conn)
+    yield vhost
+    rabbitmqctl("delete_vhost", vhost)
+
+
+def test_flowers_broker_tab_lists_this_deployments_queues_dead_letters_included(
+    broker_url, other_deployment, tmp_path, browser
+):
+    user, password = CREDENTIALS
+    environment = {
+        "FLOWER_BASIC_AUTH": f"{user}:{password}",
+        "FLOWER_BROKER_API": "http://guest:guest@127.0.0.1:15672/api/",
+    }
+    with flower(OURS, broker_url, tmp_path, **environment) as (url, _):
+        host = urlparse(url).netloc
+        browser.get(f"http://{user}:{password}@{host}/broker")
+        eventually(lambda: browser.find_elements(By.CSS_SELECTOR, "table tbody tr"), timeout=15, message="queues")
+        names = [
+            row.find_element(By.TAG_NAME, "td").text for row in browser.find_elements(By.CSS_SELECTOR, "table tbody tr")
+        ]
+        # Startup: no worker runs here, and that is said once, not warned per inspect method.
+        log = (tmp_path / "flower.log").read_text()
+        assert httpx.get(f"{url}/healthcheck").status_code == 200
+
+    assert len(names) == len(set(names)), f"each queue once: {names}"
+    for subscriber in topology.SUBSCRIBERS:
+        assert subscriber.queue_name in names
+        assert subscriber.dead_letter_queue_name in names
+    assert topology.RECORDER_QUEUE_NAME in names
+    assert not re.findall(r"WARNING.*Inspect method", log), log
