@@ -5,11 +5,12 @@ from celery import Celery
 from celery.signals import task_prerun, worker_init
 from kombu import Producer, Queue
 
-from marketplace.events import amqp_frames, topology
+from marketplace.events import topology
+from marketplace.internals import amqp as amqp_internals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings")
-# Before any connection reads a message: no header frame may stop a reader (see amqp_frames.py).
-amqp_frames.install()
+# Before any connection reads a message: no header frame may stop a reader (see amqp_internals.py).
+amqp_internals.install()
 
 app = Celery("marketplace")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -13,6 +13,7 @@ from django.utils import timezone
 from marketplace import metrics
 from marketplace.events.outbox import enqueue_event
 from marketplace.exceptions import Conflict, DomainError, InvalidInput, UnprocessableRequest
+from marketplace.internals.django import cache_prefetched
 from orders.events import CancelledBy, order_cancelled_envelope, order_placed_envelope
 from orders.models import IdempotencyKey, Order, OrderLine, Product
 
@@ -139,7 +140,7 @@ def order_cancel(
         if order is None:
             raise OrderNotFound("No such order.")
         lines = list(order.lines.all())
-        _prefetched(order, "lines", lines)
+        cache_prefetched(order, "lines", lines)
         if order.status == Order.Status.CANCELLED:
             return CancelledOrder(order=order, already_cancelled=True)
         if order.status not in CANCELLABLE_STATUSES:
@@ -197,7 +198,7 @@ def order_create(*, buyer: AbstractBaseUser, lines: list[LineRequest]) -> Order:
     order.save()
     _save_stock(products.values())
     OrderLine.objects.bulk_create(order_lines)
-    _prefetched(order, "lines", order_lines)
+    cache_prefetched(order, "lines", order_lines)
     return order
 
 
@@ -212,15 +213,6 @@ def _save_stock(products) -> None:
             f"AS v(id, stock) WHERE {table}.id = v.id::bigint",
             [value for product in products for value in (product.pk, product.stock)],
         )
-
-
-def _prefetched(instance, relation: str, rows: list) -> None:
-    """Cache ``rows`` as ``instance.<relation>.all()``, the way prefetch_related stores what it
-    loaded: the event and the response use the lines just written without reading them back."""
-    queryset = getattr(instance, relation).all()
-    queryset._result_cache = rows
-    queryset._prefetch_done = True
-    instance._prefetched_objects_cache = {relation: queryset}
 
 
 def _lock_idempotency_key(*, buyer_id: int, key: str) -> None:

@@ -29,6 +29,8 @@ from celery.worker.consumer import Consumer
 from kombu.utils.json import dumps
 
 from marketplace.events import topology
+from marketplace.internals import celery as internal_celery
+from marketplace.internals import kombu as internal_kombu
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ class EventConsumer(Consumer):
     class Blueprint(Consumer.Blueprint):
         # Retries wait in our own TTL retry queues (topology.py); Celery's native delayed delivery
         # would only declare 28 exchanges and queues that nothing uses.
-        default_steps = [step for step in Consumer.Blueprint.default_steps if not step.endswith(":DelayedDelivery")]
+        default_steps = internal_celery.without_step(Consumer.Blueprint.default_steps, "DelayedDelivery")
 
     def create_task_handler(self, *args, **kwargs):
         on_task_received = super().create_task_handler(*args, **kwargs)
@@ -101,10 +103,11 @@ class EventConsumer(Consumer):
 
         task_id = adopted_task_id(subscriber, str(envelope["id"]))
         envelope_json = _utf8_json(message, envelope)
-        task = self.app.amqp.as_task_v2(
+        task_headers, message.body = internal_celery.task_message_body(
+            self.app,
             task_id,
             subscriber.task,
-            args=[envelope],
+            args_json=envelope_json,
             root_id=task_id,
             ignore_result=True,
             origin="adopted",
@@ -113,12 +116,9 @@ class EventConsumer(Consumer):
             kwargsrepr="{}",
         )
         # Headers the event arrived with (a backfill's, a replay's) stay visible to the task.
-        message.headers = {**without_broker_headers(message.headers or {}), **task.headers}
-        # A task body is [args, kwargs, embed]: the event's own JSON is spliced in, not encoded again.
-        _, kwargs, embed = task.body
-        message.body = b"[[" + envelope_json + b"]," + dumps(kwargs).encode() + b"," + dumps(embed).encode() + b"]"
+        message.headers = {**without_broker_headers(message.headers or {}), **task_headers}
         message.content_type, message.content_encoding = "application/json", "utf-8"
-        message._decoded_cache = None
+        internal_kombu.forget_decoded_payload(message)
         return True
 
     def on_connection_error_after_connected(self, exc):
@@ -130,7 +130,7 @@ class EventConsumer(Consumer):
         return super().on_connection_error_after_connected(exc)
 
     def _cancelled_subscribers(self, exc) -> list[topology.Subscriber]:
-        tags = getattr(self.task_consumer, "_active_tags", {}) if self.task_consumer else {}
+        tags = internal_kombu.active_tags(self.task_consumer)
         names = [queue for queue, tag in tags.items() if tag in exc.args] or list(tags)
         return [s for s in map(topology.subscriber_for_queue, names) if s is not None]
 
@@ -179,12 +179,8 @@ class EventConsumer(Consumer):
         message.ack()
 
     def _subscriber_of(self, message) -> topology.Subscriber | None:
-        tag = message.delivery_info.get("consumer_tag")
-        # kombu keeps the consumer tag of every queue it consumes from; invert it.
-        for queue_name, queue_tag in getattr(self.task_consumer, "_active_tags", {}).items():
-            if queue_tag == tag:
-                return topology.subscriber_for_queue(queue_name)
-        return None
+        queue_name = internal_kombu.queue_of_consumer_tag(self.task_consumer, message.delivery_info.get("consumer_tag"))
+        return topology.subscriber_for_queue(queue_name) if queue_name else None
 
 
 def recover_lost_queue(app, subscriber: topology.Subscriber) -> None:

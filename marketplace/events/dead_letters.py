@@ -35,10 +35,11 @@ from django.db.models import Q
 from django.utils import timezone
 from kombu import Connection, Producer
 
-from marketplace.events import amqp_frames, topology
+from marketplace.events import topology
 from marketplace.events.failure_groups import grouping_fields
 from marketplace.events.models import FailedEvent, FailedEventReplay
 from marketplace.events.outages import is_database_outage
+from marketplace.internals import amqp as amqp_internals
 
 logger = logging.getLogger(__name__)
 
@@ -615,7 +616,7 @@ def compact(connection: Connection, subscriber: topology.Subscriber) -> int:
     with transaction.atomic():
         if not _locked_for_compaction(subscriber):
             return 0
-        channel = amqp_frames.raw_bodies(connection.channel())
+        channel = amqp_internals.raw_bodies(connection.channel())
         try:
             removed = _compaction_pass(channel, subscriber, connection.connection_errors)
         finally:

@@ -28,6 +28,7 @@ from marketplace.events.envelope import InvalidEnvelope, check_deployment, valid
 from marketplace.events.models import DeliveryAttempt, FailedEvent, ProcessedEvent
 from marketplace.events.outages import is_database_outage
 from marketplace.events.services import replay_finished
+from marketplace.internals import celery as internal_celery
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +192,8 @@ class SubscriberTask(Task):
     def _retry_in(self, delay: int, exc: BaseException, headers: dict[str, Any]) -> Retry:
         subscriber = topology.subscriber_named(self.subscriber)
         try:
-            self.signature_from_request(
+            internal_celery.republish_signature(
+                self,
                 self.request,
                 queue=subscriber.retry_queue(delay),
                 retries=self.request.retries + 1,
@@ -220,7 +222,9 @@ class SubscriberTask(Task):
         metrics.count_dead_lettered(self.subscriber)
         try:
             # The queue is named so the original delivery's exchange (the fanout) is not reused.
-            self.signature_from_request(self.request, queue=subscriber.queue, headers=headers | failure).apply_async(
+            internal_celery.republish_signature(
+                self, self.request, queue=subscriber.queue, headers=headers | failure
+            ).apply_async(
                 exchange=topology.DEAD_LETTER_EXCHANGE.name,
                 routing_key=subscriber.dead_letter_queue_name,
                 declare=[],
@@ -249,13 +253,13 @@ class SubscriberTask(Task):
 
 
 def _header(request, name: str, default: Any) -> Any:
-    value = getattr(request, name, None)
+    value = internal_celery.request_header(request, name)
     return default if value is None else value
 
 
 def _count(request, name: str) -> int:
     """A retry-state count the message carries; 0 when it is not one a count can be."""
-    return dead_letters.header_int({name: getattr(request, name, None)}, name)
+    return dead_letters.header_int({name: internal_celery.request_header(request, name)}, name)
 
 
 def subscriber_task(name: str, handlers: Mapping[str, Callable[..., Any]]) -> Task:

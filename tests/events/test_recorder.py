@@ -14,8 +14,9 @@ from django.core.management import call_command
 from django.db import connection
 from kombu import Connection, Producer
 
-from marketplace.events import amqp_frames, dead_letters, topology
+from marketplace.events import dead_letters, topology
 from marketplace.events.models import FailedEvent
+from marketplace.internals import amqp as amqp_internals
 from marketplace.metrics.collectors import broker_gauges
 from tests.support.broker import queue_depth
 from tests.support.waiting import eventually
@@ -98,7 +99,7 @@ def test_headers_of_every_amqp_type_are_kept_as_json(db, broker_url, inbox_empty
 
 def test_properties_py_amqp_cannot_decode_still_give_a_record(db, broker_url, inbox_empty):
     """A content type that is not UTF-8: py-amqp raised while reading the connection, and every
-    consumer on it took that for a lost broker (amqp_frames.py)."""
+    consumer on it took that for a lost broker (amqp_internals.py)."""
     behind = json.dumps({"id": str(uuid.uuid4())}).encode()
     with Connection(broker_url) as conn:
         conn.connect()
@@ -113,7 +114,7 @@ def test_properties_py_amqp_cannot_decode_still_give_a_record(db, broker_url, in
     assert "recorded 2 dead letter(s)" in _record()
 
     odd = FailedEvent.objects.get(body_size=len(b"odd properties"))
-    assert "UnicodeDecodeError" in odd.headers[amqp_frames.UNREADABLE_PROPERTIES]
+    assert "UnicodeDecodeError" in odd.headers[amqp_internals.UNREADABLE_PROPERTIES]
 
 
 def test_a_dead_letter_the_database_refuses_is_parked_and_alerted_and_the_ones_behind_flow(

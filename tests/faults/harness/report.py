@@ -135,7 +135,7 @@ every content type and encoding, headers of every AMQP field type, every propert
   what it cannot read (and rejects to RabbitMQ's own dead-lettering what it cannot even republish);
   the recorder records it as unreadable, with its bytes and the exception, or parks it in
   `marketplace.dead-letter.parked` with an alert when the database refuses even that; header
-  frames py-amqp cannot decode become a message that says so (`marketplace/events/amqp_frames.py`).
+  frames py-amqp cannot decode become a message that says so (`marketplace/internals/amqp.py`).
   Only a lost connection makes a reader reconnect.
 - **Cannot reach another deployment.** Events name their deployment; subscribers dead-letter
   events of another one (`ForeignEvent`), and an event naming none unless this deployment's outbox

@@ -11,8 +11,9 @@ from django.db import close_old_connections
 from kombu import Connection, Consumer
 
 from marketplace.celery import app
-from marketplace.events import amqp_frames, dead_letters, topology
+from marketplace.events import dead_letters, topology
 from marketplace.events.outages import is_database_outage
+from marketplace.internals import amqp as amqp_internals
 
 logger = logging.getLogger("marketplace.recorder")
 
@@ -66,7 +67,7 @@ class Command(BaseCommand):
             heartbeat=app.conf.broker_heartbeat or 0,
         ) as connection:
             connection.ensure_connection(max_retries=3)
-            channel = amqp_frames.raw_bodies(connection.channel())
+            channel = amqp_internals.raw_bodies(connection.channel())
             channel.basic_qos(0, settings.DEAD_LETTER_RECORDER_PREFETCH, False)
             inbox = topology.recorder_queue()(channel)
             inbox.declare()
