@@ -11,7 +11,14 @@ from urllib.parse import quote
 import httpx
 from kombu import Connection, Exchange, Producer, Queue, binding
 
-from bench.config import FLOOR_EXCHANGE, FLOOR_TASK, ORDER_SUBSCRIBERS, Target, floor_queue_name
+from bench.config import (
+    DEAD_LETTER_FLOOR_QUEUE,
+    FLOOR_EXCHANGE,
+    FLOOR_TASK,
+    ORDER_SUBSCRIBERS,
+    Target,
+    floor_queue_name,
+)
 from marketplace.events import topology
 
 MANAGEMENT = "http://127.0.0.1:15672/api"
@@ -67,6 +74,32 @@ def declare_floor(target: Target) -> None:
         floor_exchange().declare(channel=conn.default_channel)
         for queue in floor_queues():
             queue(conn.default_channel).declare()
+
+
+def dead_letter_floor_queue() -> Queue:
+    """The recorder baseline's queue: bound to the dead-letter exchange like the recorder's queue
+    (every subscriber's ``.dead`` key), of the same type, so it gets a copy of every dead letter."""
+    return Queue(
+        DEAD_LETTER_FLOOR_QUEUE,
+        durable=True,
+        bindings=[
+            binding(topology.DEAD_LETTER_EXCHANGE, routing_key=s.dead_letter_queue_name) for s in topology.SUBSCRIBERS
+        ],
+        queue_arguments={"x-queue-type": topology.QUEUE_TYPE},
+    )
+
+
+def declare_dead_letter_floor(target: Target) -> None:
+    with Connection(target.broker_url) as conn:
+        dead_letter_floor_queue()(conn.default_channel).declare()
+
+
+def delete_queues(target: Target, names: Iterable[str]) -> None:
+    """Delete bench-only queues (their bindings go with them)."""
+    with Connection(target.broker_url, connect_timeout=5) as conn:
+        for name in names:
+            with contextlib.suppress(conn.channel_errors):
+                conn.default_channel.queue_delete(name)
 
 
 def _passive(conn: Connection, name: str) -> tuple[int, int]:

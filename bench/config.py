@@ -31,6 +31,13 @@ FLOOR_TASK = "bench.floor.noop"
 # The exactly-once floor of a drain (bench/floor/marker.py): its task, and the subscriber name of its markers.
 MARKER_TASK = "bench.floor.marker"
 MARKER_SUBSCRIBER = "bench_marker"
+# The recorder benchmark (bench/recorder.py): whose dead letters it records, the prefetch it
+# assumes while the recorder names none, and the baseline's queue (bound to the dead-letter
+# exchange like the recorder's) and table.
+DEAD_LETTER_SUBSCRIBER = "seller_notification"
+RECORDER_DEFAULT_PREFETCH = 100
+DEAD_LETTER_FLOOR_QUEUE = "bench.floor.dead-letters"
+DEAD_LETTER_FLOOR_TABLE = "bench_dead_letter"
 
 
 def floor_queue_name(subscriber: topology.Subscriber) -> str:
@@ -52,6 +59,10 @@ class Params:
     profile_seconds: float = 15.0
     drain_events: int = 10_000
     drain_timeout: float = 150.0
+    recorder_events: int = 10_000  # dead letters per drain of the recorder and of its baseline
+    recorder_reps: int = 3  # recorder and baseline drains, interleaved, each this many times (median ratio)
+    recorder_broker_share: float = 0.1  # of the dead letters, those RabbitMQ dead-letters itself (x-death)
+    recorder_timeout: float = 600.0
     settle_timeout: float = 90.0  # waiting for a backlog to drain between scenarios
     products: int = 1000
     buyers: int = 100
@@ -69,6 +80,9 @@ QUICK = Params(
     profile_seconds=0.0,
     drain_events=150,
     drain_timeout=20.0,
+    recorder_events=1000,
+    recorder_reps=1,
+    recorder_timeout=60.0,
     settle_timeout=20.0,
     products=300,
     buyers=20,
@@ -82,6 +96,9 @@ TINY = replace(
     profile_seconds=0.0,
     drain_events=20,
     drain_timeout=10.0,
+    recorder_events=200,
+    recorder_reps=2,
+    recorder_timeout=60.0,
     settle_timeout=3.0,
     products=20,
     buyers=3,

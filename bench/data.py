@@ -10,7 +10,16 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from bench.config import EVENT_TYPE, ORDER_SUBSCRIBERS, PG_ADMIN_DSN, PYTHON, ROOT, Params, Target
+from bench.config import (
+    DEAD_LETTER_FLOOR_TABLE,
+    EVENT_TYPE,
+    ORDER_SUBSCRIBERS,
+    PG_ADMIN_DSN,
+    PYTHON,
+    ROOT,
+    Params,
+    Target,
+)
 from bench.load import Workload, percentile
 
 
@@ -44,6 +53,37 @@ def execute(target: Target, query: str, args: list | None = None) -> list[tuple]
     with psycopg.connect(target.dsn, autocommit=True) as conn:
         cursor = conn.execute(query, args or [])
         return cursor.fetchall() if cursor.description else []
+
+
+def publish_dead_letters(target: Target, count: int, broker_share: float) -> dict:
+    """``count`` dead letters of fresh events, as bench/dead_letters.py makes them (a subprocess)."""
+    out = _run([PYTHON, "-m", "bench.dead_letters", str(count), "--broker-share", str(broker_share)], target)
+    return json.loads(out.split("BENCH_DEAD_LETTERS ", 1)[1])
+
+
+def create_dead_letter_table(target: Target) -> None:
+    """The recorder baseline's table: one row per dead letter, nothing decoded."""
+    execute(
+        target,
+        f"CREATE TABLE IF NOT EXISTS {DEAD_LETTER_FLOOR_TABLE} (id bigserial PRIMARY KEY, routing_key text NOT NULL, "
+        "message_id text NOT NULL, body bytea NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now())",
+    )
+
+
+def last_id(target: Target, table: str) -> int:
+    return execute(target, f"SELECT COALESCE(max(id), 0) FROM {table}")[0][0]
+
+
+def rows_after(target: Target, table: str, after: int) -> int:
+    """Rows committed in ``table`` since its id was ``after`` (cheap enough to poll: a primary key range)."""
+    return execute(target, f"SELECT count(*) FROM {table} WHERE id > %s", [after])[0][0]
+
+
+def failed_events_of(target: Target, event_ids: list[str]) -> int:
+    """How many of ``event_ids`` have their FailedEvent."""
+    return execute(target, "SELECT count(*) FROM events_failedevent WHERE event_id = ANY(%s::uuid[])", [event_ids])[0][
+        0
+    ]
 
 
 def set_seller_webhooks(target: Target, url: str) -> None:

@@ -53,6 +53,24 @@ def finish(running: dict[str, tuple[subprocess.Popen, Path]], top: int = 8) -> d
     return summary
 
 
+def shares(path: Path, focus: list[tuple[str, tuple[str, ...]]]) -> list[tuple[str, float]]:
+    """Inclusive share of the samples for each ``(what, label prefixes)``: the stacks in which any
+    frame's label starts with one of the prefixes (each stack counted once per item)."""
+    counts, total = Counter(), 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        labels = {_label(f) for f in stack.split(";") if not f.startswith(("process ", "thread "))}
+        if not labels:
+            continue
+        total += int(count)
+        for what, prefixes in focus:
+            if any(label.startswith(prefixes) for label in labels):
+                counts[what] += int(count)
+    return [(what, round(100 * counts[what] / max(total, 1), 1)) for what, _ in focus]
+
+
 def _label(frame: str) -> str:
     match = FRAME.match(frame.strip())
     if not match:

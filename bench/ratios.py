@@ -148,6 +148,9 @@ def rows(results: dict) -> list[Row]:
             )
         )
 
+    if g("recorder", "reps"):
+        out.append(recorder_row(results))
+
     # Both closed-loop windows, same length: like with like.
     on = g("full_stack", "closed_loop_sustained_ops") or g("full_stack", "sustained_ops")
     off = g("task_events_off", "sustained_ops")
@@ -165,6 +168,28 @@ def rows(results: dict) -> list[Row]:
         )
     )
     return out
+
+
+def recorder_row(results: dict) -> Row:
+    """The dead-letter recorder's drain against a plain consumer's (bench/recorder.py)."""
+    rec = _get(results, "recorder") or {}
+    reps = rec.get("reps") or []
+    ratio = rec.get("ratio")
+    rates = "; ".join(
+        f"rep {i}: {_fmt(r['recorder']['per_second'])}/s vs {_fmt(r['baseline']['per_second'])}/s = {_fmt(r['ratio'], 'x')}"
+        for i, r in enumerate(reps, 1)
+    )
+    cpu = "; ".join(
+        f"{_fmt(r['recorder']['cpu_ms_per_event'], ' ms')} vs {_fmt(r['baseline']['cpu_ms_per_event'], ' ms')}"
+        for r in reps
+    )
+    return Row(
+        f"Drain of {rec.get('events')} dead letters: recorder vs a plain consumer (prefetch {rec.get('prefetch')})",
+        f"≥ {rec.get('target_ratio', 0.5)} x",
+        _fmt(ratio, "x") + (" (median of reps)" if len(reps) > 1 else ""),
+        None if ratio is None else ratio >= rec.get("target_ratio", 0.5),
+        f"{rates}; process CPU per dead letter {cpu}",
+    )
 
 
 def _total_cpu(cpu: dict | None) -> float | None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.plot import plot
-from bench.ratios import _get, rows
+from bench.ratios import _get, recorder_row, rows
 
+RECORDER_HEADING = "## Dead-letter recorder vs a plain consumer"
 CPU_SCENARIOS = ("floor", "thin", "api_alone", "api_no_outbox", "full_stack", "task_events_off")
 MARK = {True: "met", False: "**missed**", None: "not measured", "reference": "(reference)"}
 
@@ -16,6 +17,22 @@ def write(results: dict, output: Path) -> None:
     png = output.with_name(("benchmarks" if output.name == "benchmarks.md" else output.stem) + "-latency.png")
     plotted = plot(results, png)
     output.write_text(markdown(results, png.name if plotted else None))
+
+
+def write_section(results: dict, output: Path) -> None:
+    """Replace the recorder's section of ``output`` in place (or add it before "## Machine"),
+    leaving the rest of the report as the last full run wrote it."""
+    section = "\n".join(recorder_section(results) or [RECORDER_HEADING, "", "Not measured: see the errors.", ""])
+    text = output.read_text() if output.exists() else "# Benchmarks\n\n"
+    start = text.find(RECORDER_HEADING + "\n")
+    if start >= 0:
+        end = text.find("\n## ", start + len(RECORDER_HEADING))
+        text = text[:start] + section + ("" if end < 0 else "\n" + text[end + 1 :])
+    else:
+        at = text.find("## Machine\n")
+        text = text + "\n" + section if at < 0 else text[:at] + section + "\n" + text[at:]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text.rstrip("\n") + "\n")
 
 
 def markdown(results: dict, png: str | None) -> str:
@@ -59,6 +76,7 @@ def markdown(results: dict, png: str | None) -> str:
     if missed:
         lines += ["## What bounds the missed targets", "", *bounds(results), ""]
     lines += cpu_table(results) + memory_table(results) + scenario_table(results) + profile_section(results)
+    lines += recorder_section(results)
     if results.get("errors"):
         lines += ["## Scenarios that failed in this run", ""]
         lines += [f"- `{name}`: {error.splitlines()[-1]}" for name, error in results["errors"].items()] + [""]
@@ -249,4 +267,90 @@ def profile_section(results: dict) -> list[str]:
         out += (
             ["", "project functions, inclusive:", ""] + [f"- {pct}% `{f}`" for f, pct in p["inclusive_project"]] + [""]
         )
+    return out
+
+
+def recorder_section(results: dict) -> list[str]:
+    """The dead-letter recorder's drains against the plain consumer's, rep by rep, and its profile."""
+    rec = _get(results, "recorder")
+    if not rec or not rec.get("reps"):
+        return []
+    row, m, code = recorder_row(results), results["machine"], results.get("code") or {}
+    out = [
+        RECORDER_HEADING,
+        "",
+        f"`manage.py record_dead_letters` (the Procfile's recorder) draining a backlog of {rec['events']} dead letters",
+        "against a plain kombu consumer (`bench/floor/dead_letter_consumer.py`: basic.consume with the recorder's",
+        "prefetch, one INSERT in its own transaction per message, then the ack) draining the same messages from a",
+        "queue of its own. Measured by "
+        f"`{results.get('command', '.venv/bin/python -m bench').strip()}` ({results.get('elapsed_seconds', '?')} s); "
+        f"code {code.get('start', '?')} at the start, {code.get('end', '?')} at the end; load average "
+        f"{' '.join(m.get('loadavg_start', '?').split()[:3])} at the start, {' '.join(m.get('loadavg_end', '?').split()[:3])} at the end.",
+        "Only this section again (about 6 minutes; the full run includes it): `.venv/bin/python -m bench --recorder`.",
+        "",
+        "| target | goal | measured | result | absolute numbers of this run |",
+        "| --- | --- | ---: | --- | --- |",
+        f"| {row.target} | {row.goal} | {row.measured} | {MARK[row.met]} | {row.absolute} |",
+        "",
+        "| rep | drain | recorded | seconds from start | per second | steady per second | process CPU ms per dead letter "
+        "| PostgreSQL ms | RabbitMQ ms |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for i, rep in enumerate(rec["reps"], 1):
+        for name in rep["order"]:
+            d = rep[name]
+            shared = d.get("shared_cpu_ms_per_event") or {}
+            out.append(
+                f"| {i} | {name} | {d['done']} | {d['seconds']} | {d['per_second']} | {d.get('steady_per_second')} | "
+                f"{d['cpu_ms_per_event']} | {shared.get('postgres')} | {shared.get('rabbitmq')} |"
+            )
+    out += [
+        "",
+        f"- **The dead letters** (`bench/dead_letters.py`), all of `{rec.get('subscriber')}`, each for an order.placed "
+        f"event of its own: {rec.get('with_failure_headers')} as the subscriber gives up after its retries (its Celery task "
+        "message with the envelope, its headers and `failure_headers(...)` of a real chained exception, traceback "
+        f"{rec.get('traceback_chars')} characters, published to the dead-letter exchange with its `.dead` key); "
+        f"{rec.get('dead_lettered_by_rabbitmq')} dead-lettered by RabbitMQ itself (raw envelopes of "
+        f"{rec.get('envelope_bytes')} bytes returned unacknowledged until the subscriber queue's delivery limit: "
+        "`x-death` headers, no failure headers). Publisher-confirmed in batches of 500 "
+        f"({rec.get('publish_seconds')} s for the last rep's).",
+        f"- **Prefetch** {rec.get('prefetch')} for both ({rec.get('prefetch_source')}).",
+        "- **Timing**: from the consumer process's start (its startup included) until its queue is empty and all its "
+        "rows committed; *steady* is from the first row seen to the last (polled every 0.1 s). The two drains "
+        "alternate which goes first from one rep to the next; the ratio is per rep, and the target uses their median.",
+        "- **CPU**: utime+stime of the whole consumer process (startup included); PostgreSQL and RabbitMQ over the "
+        "drain (shared with other work on this machine).",
+        "",
+    ]
+    out += _recorder_profile(rec.get("profile"))
+    return out
+
+
+def _recorder_profile(p: dict | None) -> list[str]:
+    if not p:
+        return []
+    if "self" not in p:
+        return [f"Profile of the recorder: {p.get('error')}", ""]
+    # py-spy samples at 200 Hz, only while the recorder's thread holds the GIL: Python CPU time.
+    per_event = p["samples"] / 200 * 1000 / max(p.get("recorded_while_profiled") or 0, 1)
+    out = [
+        f"**Profile of the recorder** (py-spy, {p['samples']} samples at 200 Hz of the thread holding the GIL, "
+        f"i.e. {per_event:.2f} ms of Python CPU per dead letter, while it recorded {p.get('recorded_while_profiled', '?')} "
+        f"dead letters in {p.get('seconds', '?')} s). CPU by package (self time): "
+        + ", ".join(f"{pkg} {pct}%" for pkg, pct in p.get("self_by_package", [])),
+        "",
+    ]
+    if p.get("focus"):
+        out += [
+            "| where a dead letter's Python CPU goes (inclusive) | share | ms per dead letter |",
+            "| --- | ---: | ---: |",
+        ]
+        out += [f"| {what} | {pct}% | {pct / 100 * per_event:.3f} |" for what, pct in p["focus"]]
+        out += [
+            "",
+            "(Shares are of all samples; a stack py-spy could not unwind up to the command's loop counts in none of",
+            "the rows below that loop, so they are lower bounds.)",
+            "",
+        ]
+    out += ["top self time:", ""] + [f"- {pct}% `{f}`" for f, pct in p["self"]] + [""]
     return out

@@ -12,7 +12,7 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import broker, data, pipeline, scenarios
+from bench import broker, data, pipeline, recorder, scenarios
 from bench.config import PYTHON, ROOT, Params, Target
 from bench.processes import Stack, log, wait_http
 
@@ -23,7 +23,10 @@ SCENARIOS = {
     "full_stack": pipeline.full_stack,
     "task_events_off": pipeline.task_events_off,
     "drain": pipeline.drain,
+    "recorder": recorder.recorder,  # the dead-letter recorder against a plain consumer
 }
+# Scenarios that start what they measure themselves and need none of the web stack.
+STANDALONE = {"recorder"}
 
 
 def run(target: Target, params: Params, *, only: list[str] | None = None, use_wrk: bool | None = None) -> dict:
@@ -38,14 +41,15 @@ def run(target: Target, params: Params, *, only: list[str] | None = None, use_wr
         log(f"preparing database {target.db_name} and vhost {target.vhost}")
         work = data.prepare(target, params)
         data.set_seller_webhooks(target, "")
-        stub = stack.start("stub", [PYTHON, "-m", "bench.stub", "--port", str(target.stub_port)])
-        web = stack.start_web("web", target.web_port, wait=False)
-        floor_web = stack.start_web("floor-web", target.floor_port, settings="bench.floor.settings", wait=False)
-        stack.start_procfile("relay")
-        stack.start_procfile("recorder")
-        wait_http(stub, target.stub_port, "/")
-        wait_http(web, target.web_port, "/api/products/?page_size=1")
-        wait_http(floor_web, target.floor_port, "/api/products/?page_size=1")
+        if not only or not set(only) <= STANDALONE:
+            stub = stack.start("stub", [PYTHON, "-m", "bench.stub", "--port", str(target.stub_port)])
+            web = stack.start_web("web", target.web_port, wait=False)
+            floor_web = stack.start_web("floor-web", target.floor_port, settings="bench.floor.settings", wait=False)
+            stack.start_procfile("relay")
+            stack.start_procfile("recorder")
+            wait_http(stub, target.stub_port, "/")
+            wait_http(web, target.web_port, "/api/products/?page_size=1")
+            wait_http(floor_web, target.floor_port, "/api/products/?page_size=1")
         ctx = scenarios.Context(target, params, stack, work, use_wrk=use_wrk)
         for name, scenario in SCENARIOS.items():
             if only and name not in only:

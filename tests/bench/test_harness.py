@@ -1,5 +1,5 @@
 """The benchmark harness runs: a tiny load through the floor, the API-alone trio, the full stack and
-the drains.
+the drains; and the dead-letter recorder against its plain consumer.
 
 Benchmarks are not timed tests: this checks the harness's structure (processes start and stop, the
 result has its keys, the report renders), never a speed. It runs on a database and a vhost of its
@@ -8,6 +8,7 @@ own, named for this run and dropped at the end, and on free loopback ports.
 
 import socket
 import uuid
+from dataclasses import replace
 
 import pytest
 
@@ -68,3 +69,33 @@ def test_harness_runs_on_a_tiny_load(target, tmp_path):
     for port in (target.web_port, target.floor_port, target.stub_port):  # every process was stopped
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"something still listens on {port}"
+
+
+def test_recorder_harness_drains_both_consumers(target, tmp_path):
+    params = replace(TINY, recorder_events=200, recorder_reps=2)
+    results = run(target, params, only=["recorder"], use_wrk=False)
+
+    assert results["errors"] == {}
+    recorder = results["scenarios"]["recorder"]
+    assert recorder["events"] == 200
+    assert recorder["dead_lettered_by_rabbitmq"] == 20
+    assert recorder["with_failure_headers"] == 180
+    assert recorder["prefetch"] > 0
+    assert [rep["order"] for rep in recorder["reps"]] == [["recorder", "baseline"], ["baseline", "recorder"]]
+    for rep in recorder["reps"]:
+        assert rep["recorder"]["recorded"] == 200  # one FailedEvent per dead letter, x-death ones included
+        for drained in (rep["recorder"], rep["baseline"]):
+            assert drained["done"] == 200
+            assert drained["per_second"] > 0
+            assert drained["cpu_ms_per_event"] > 0
+        assert rep["ratio"] > 0
+
+    output = tmp_path / "report.md"
+    output.write_text("# Benchmarks\n\n## Targets\n\nkept\n\n## Machine\n\nkept too\n")
+    report.write_section(results, output)
+    report.write_section(results, output)  # replaced in place, not added twice
+    text = output.read_text()
+    assert text.count(report.RECORDER_HEADING) == 1
+    assert text.index("## Targets") < text.index(report.RECORDER_HEADING) < text.index("## Machine")
+    assert "kept\n" in text
+    assert "kept too" in text
