@@ -11,14 +11,22 @@ RUN groupadd --system app \
 
 WORKDIR /app
 
-# Dependencies come from pyproject.toml; setuptools needs the packages it lists to build.
+# Dependencies come from the lock (requirements/runtime.txt, made by bin/lock from pyproject.toml's
+# ranges: docs/upgrading.md): every package pinned and hashed, pip refuses anything else. Their own
+# layer, rebuilt only when the lock changes.
+COPY requirements/runtime.txt ./requirements/
+RUN pip install --no-cache-dir --require-hashes -r requirements/runtime.txt
+
+# The project itself, without its dependencies (the lock has them) and built with the lock's
+# setuptools; setuptools needs the packages pyproject.toml lists to build. pip check: the lock meets
+# pyproject.toml's dependencies.
 COPY pyproject.toml ./
 COPY marketplace ./marketplace
 COPY orders ./orders
 COPY notifications ./notifications
 COPY segmentation ./segmentation
 COPY loyalty ./loyalty
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . && pip check
 
 # The project itself (manage.py); processes run from /app, which comes first on sys.path.
 COPY . .
