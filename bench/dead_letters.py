@@ -38,6 +38,7 @@ from kombu import Connection, Consumer, Producer, Queue  # noqa: E402
 from bench.config import DEAD_LETTER_SUBSCRIBER, RECORDER_DEFAULT_PREFETCH  # noqa: E402
 from marketplace.celery import app  # noqa: E402
 from marketplace.events import dead_letters, topology  # noqa: E402
+from marketplace.events import headers as message_headers  # noqa: E402
 from marketplace.events.envelope import build_envelope, rfc3339, validate_envelope  # noqa: E402
 from notifications.handlers import SellerWebhookUnreachable  # noqa: E402
 from orders.models import Product  # noqa: E402
@@ -151,14 +152,14 @@ class ConfirmedPublisher:
 def give_up(publisher: ConfirmedPublisher, subscriber: topology.Subscriber, envelope: dict, exc: BaseException) -> None:
     """The subscriber's dead letter (SubscriberTask.handle -> _dead_letter) of one event."""
     attempts = settings.SUBSCRIBER_RETRY[subscriber.name]["max_retries"] + 1
-    first_failed_at = dead_letters.now_iso()
+    first_failed_at = message_headers.now_iso()
     message = app.amqp.as_task_v2(str(uuid.uuid4()), subscriber.task, args=[envelope], retries=attempts - 1)
     headers = {
         **message.headers,
-        dead_letters.FIRST_FAILED_AT: first_failed_at,
-        dead_letters.REPLAY_OF: "",
-        dead_letters.ATTEMPTS: attempts,
-        **dead_letters.failure_headers(exc=exc, attempts=attempts, first_failed_at=first_failed_at),
+        message_headers.FIRST_FAILED_AT: first_failed_at,
+        message_headers.REPLAY_OF: "",
+        message_headers.ATTEMPTS: attempts,
+        **message_headers.failure_headers(exc=exc, attempts=attempts, first_failed_at=first_failed_at),
     }
     publisher.publish(
         message.body,
@@ -230,7 +231,7 @@ def main(count: int, broker_share: float) -> None:
                 "dead_lettered_by_rabbitmq": by_broker,
                 "publish_seconds": round(time.monotonic() - started, 2),
                 "envelope_bytes": len(json.dumps(sample)),
-                "traceback_chars": len(dead_letters.failure_headers(exc=exc, attempts=1)[dead_letters.TRACEBACK]),
+                "traceback_chars": len(message_headers.failure_headers(exc=exc, attempts=1)[message_headers.TRACEBACK]),
                 "prefetch": prefetch,
                 "prefetch_source": source,
             }

@@ -7,7 +7,7 @@ from django.core.mail import EmailMessage
 from django.core.mail.backends.smtp import EmailBackend as SMTPEmailBackend
 from django.utils.module_loading import import_string
 
-from marketplace.events.subscriber import TransientDownstreamError
+from marketplace.events.errors import TransientDownstreamError
 
 
 class EmailNotSent(TransientDownstreamError):

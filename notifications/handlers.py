@@ -38,8 +38,9 @@ from django.conf import settings
 from django.core.mail import EmailMessage
 from django.db import DatabaseError, transaction
 
+from marketplace.events.errors import TRANSIENT_ERRORS, TransientDownstreamError
 from marketplace.events.failure_groups import root_cause_line
-from marketplace.events.subscriber import TRANSIENT_ERRORS, TransientDownstreamError, claim_event, insert_once
+from marketplace.events.subscriber import claim_event, insert_once
 from marketplace.mail import mail_server, send_email
 from notifications.models import Notification
 from orders.selectors import SellerContact, seller_contacts

@@ -24,7 +24,6 @@ from marketplace.events.failure_groups import (
 )
 from marketplace.events.models import DeliveryAttempt, FailedEvent, FailedEventReplay, OutboxEvent
 from marketplace.events.services import (
-    REPLAYABLE,
     GroupOutcome,
     NotReplayable,
     failed_event_archive,
@@ -300,7 +299,7 @@ class FailedEventAdmin(admin.ModelAdmin):
         if failed_event is not None and self.has_replay_permission(request):
             context |= {
                 "can_replay": failed_event.status == FailedEvent.Status.FAILED,
-                "can_archive": failed_event.status in REPLAYABLE,
+                "can_archive": failed_event.status in FailedEvent.OPEN,
             }
         return super().change_view(request, object_id, form_url, context)
 
@@ -347,7 +346,7 @@ class FailedEventAdmin(admin.ModelAdmin):
                 failed_event_replay(failed_event=failed_event, requested_by=request.user, via="admin")
                 self.message_user(request, f"Replayed failed event #{pk} to {failed_event.subscriber}.")
             else:
-                if failed_event.status not in REPLAYABLE:
+                if failed_event.status not in FailedEvent.OPEN:
                     raise NotReplayable(f"failed event {pk} is {failed_event.status}")
                 failed_event_archive(failed_event=failed_event, requested_by=request.user, via="admin")
                 self.message_user(request, f"Archived failed event #{pk}.")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from datetime import timedelta
 
 from amqp.exceptions import ConsumerCancelled
@@ -28,19 +27,14 @@ from celery.exceptions import NotRegistered
 from celery.worker.consumer import Consumer
 from kombu.utils.json import dumps
 
+from marketplace.events import headers as message_headers
 from marketplace.events import topology
 from marketplace.internals import celery as internal_celery
 from marketplace.internals import kombu as internal_kombu
 
 logger = logging.getLogger(__name__)
 
-ADOPTION_NAMESPACE = uuid.UUID("8a4c2f8e-5b1d-4f57-9a43-6c1f0f7d2b11")
 ARGSREPR_BYTES = 1024  # Celery's own default argsrepr size
-
-
-def adopted_task_id(subscriber: topology.Subscriber, event_id: str) -> str:
-    """Deterministic, so a redelivered event shows as the same task in Flower."""
-    return str(uuid.uuid5(ADOPTION_NAMESPACE, f"{subscriber.name}:{event_id}"))
 
 
 def _utf8_json(message, envelope: dict) -> bytes:
@@ -101,7 +95,7 @@ class EventConsumer(Consumer):
             return False
         from marketplace.events.dead_letters import without_broker_headers
 
-        task_id = adopted_task_id(subscriber, str(envelope["id"]))
+        task_id = subscriber.adopted_task_id(str(envelope["id"]))
         envelope_json = _utf8_json(message, envelope)
         task_headers, message.body = internal_celery.task_message_body(
             self.app,
@@ -166,7 +160,7 @@ class EventConsumer(Consumer):
                 confirming_producer(),
                 message,
                 subscriber=subscriber,
-                headers=dead_letters.failure_headers(exc=exc, attempts=1),
+                headers=message_headers.failure_headers(exc=exc, attempts=1),
             )
         except self.connection_errors:
             # Back to the queue (counted against its delivery limit) to be tried again.

@@ -37,29 +37,25 @@ from kombu import Connection, Producer
 
 from marketplace.events import topology
 from marketplace.events.failure_groups import grouping_fields
+from marketplace.events.headers import (
+    ATTEMPTS,
+    DEAD_LETTER_ID,
+    EXCEPTION_CLASS,
+    EXCEPTION_MESSAGE,
+    FIRST_FAILED_AT,
+    LAST_FAILED_AT,
+    MAX_MESSAGE_CHARS,
+    MAX_TRACEBACK_CHARS,
+    PARK_REASON,
+    TRACEBACK,
+    exception_name,
+)
 from marketplace.events.models import FailedEvent, FailedEventReplay
 from marketplace.events.outages import is_database_outage
 from marketplace.internals import amqp as amqp_internals
 
 logger = logging.getLogger(__name__)
 
-# Message headers a subscriber carries through its retries and onto its dead letter.
-ATTEMPTS = "marketplace-attempts"
-INFRA_WAITS = "marketplace-infra-waits"
-WAITING_SINCE = "marketplace-waiting-since"
-FIRST_FAILED_AT = "marketplace-first-failed-at"
-LAST_FAILED_AT = "marketplace-last-failed-at"
-EXCEPTION_CLASS = "marketplace-exception-class"
-EXCEPTION_MESSAGE = "marketplace-exception-message"
-TRACEBACK = "marketplace-traceback"
-DEAD_LETTER_ID = "marketplace-dead-letter-id"
-REPLAY_OF = "marketplace-replay-of"
-PARK_REASON = "marketplace-park-reason"
-FAILURE_HEADERS = (FIRST_FAILED_AT, LAST_FAILED_AT, EXCEPTION_CLASS, EXCEPTION_MESSAGE, TRACEBACK, DEAD_LETTER_ID)
-
-# AMQP sends all headers in one frame (128 KiB by default): keep the failure well inside it.
-MAX_MESSAGE_CHARS = 4_000
-MAX_TRACEBACK_CHARS = 32_000
 # What the database keeps of a message body; larger bodies stay whole in the dead-letter queue.
 MAX_STORED_BODY_BYTES = 16 * 1024 * 1024
 # Nesting kept of a header table; deeper levels are stored as text.
@@ -71,33 +67,6 @@ KEPT_PROPERTIES = ("message_id", "correlation_id", "type", "app_id", "timestamp"
 # Not stored with a record: the traceback has a field of its own, and Celery's argsrepr and
 # kwargsrepr repeat the envelope the record keeps already.
 NOT_STORED_HEADERS = frozenset({TRACEBACK, "argsrepr", "kwargsrepr"})
-REMOVABLE = (FailedEvent.Status.RESOLVED, FailedEvent.Status.ARCHIVED, FailedEvent.Status.REPLAYING)
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def exception_name(exc: BaseException) -> str:
-    return f"{type(exc).__module__}.{type(exc).__qualname__}"
-
-
-def failure_headers(
-    *, exc: BaseException, traceback: str | None = None, attempts: int, first_failed_at: str | None = None
-) -> dict[str, Any]:
-    """What the admin shows of a failure, as message headers (strings and ints only)."""
-    if traceback is None:
-        traceback = "".join(tb.format_exception(exc))
-    now = now_iso()
-    return {
-        ATTEMPTS: attempts,
-        FIRST_FAILED_AT: first_failed_at or now,
-        LAST_FAILED_AT: now,
-        EXCEPTION_CLASS: exception_name(exc),
-        EXCEPTION_MESSAGE: str(exc)[:MAX_MESSAGE_CHARS],
-        TRACEBACK: traceback[-MAX_TRACEBACK_CHARS:],
-        DEAD_LETTER_ID: str(uuid.uuid4()),
-    }
 
 
 def publish_raw(producer: Producer, message, *, subscriber: topology.Subscriber, headers: dict[str, Any]) -> None:
@@ -443,11 +412,7 @@ def write_failures(failures: list[Failure], alerts: Alerts) -> list[bool]:
             written.append((failure, row is not None))
             if row is not None and not row[1]:
                 # A replay that failed again: its audit row says so.
-                FailedEventReplay.objects.filter(
-                    failed_event_id=row[0],
-                    action=FailedEventReplay.Action.REPLAY,
-                    outcome=FailedEventReplay.Outcome.PENDING,
-                ).update(outcome=FailedEventReplay.Outcome.FAILED, finished_at=timezone.now())
+                FailedEventReplay.objects.finish_pending(failed_event_id=row[0], succeeded=False)
     for failure, created in written:
         if created:
             logger.error(
@@ -607,9 +572,9 @@ def compact(connection: Connection, subscriber: topology.Subscriber) -> int:
     dead-letter alerts watch, is always a count of failures an operator can see.
     """
     closing = list(
-        FailedEvent.objects.filter(
-            subscriber=subscriber.name, in_dead_letter_queue=True, status__in=REMOVABLE
-        ).values_list("pk", flat=True)
+        FailedEvent.objects.filter(subscriber=subscriber.name, in_dead_letter_queue=True)
+        .leaving_dead_letter_queue()
+        .values_list("pk", flat=True)
     )
     if not closing and not _may_hold_unrecorded(connection, subscriber):
         return 0
@@ -621,7 +586,7 @@ def compact(connection: Connection, subscriber: topology.Subscriber) -> int:
             removed = _compaction_pass(channel, subscriber, connection.connection_errors)
         finally:
             channel.close()
-        FailedEvent.objects.filter(pk__in=closing, status__in=REMOVABLE).update(in_dead_letter_queue=False)
+        FailedEvent.objects.filter(pk__in=closing).leaving_dead_letter_queue().update(in_dead_letter_queue=False)
     if removed:
         logger.info("removed %d closed failure(s) from %s", removed, subscriber.dead_letter_queue_name)
     return removed
@@ -701,7 +666,7 @@ def _compact_one(
         record(subscriber=subscriber, body=body, headers=headers, content_type=message.content_type or "")
         status = records.values_list("status", flat=True).first()
     identity = str(lookup.get("body_digest") or lookup["event_id"])
-    if status is not None and (status in REMOVABLE or identity in kept):
+    if status is not None and (status in FailedEvent.LEAVES_DEAD_LETTER_QUEUE or identity in kept):
         message.ack()
         return 1
     try:

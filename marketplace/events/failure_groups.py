@@ -24,9 +24,6 @@ from django.db.models.functions import Concat
 
 from marketplace.events.models import FailedEvent, FailedEventReplay
 
-# Failures still to handle: failed, or a replay requested.
-OPEN = (FailedEvent.Status.FAILED, FailedEvent.Status.REPLAYING)
-
 PATTERN_LENGTH = 500
 ROOT_CAUSE_PREFIX = "root cause: "
 _ROOT_CAUSE = re.compile(rf"{ROOT_CAUSE_PREFIX}(?P<exception_class>[\w.]+): (?P<message>.*)")
@@ -123,7 +120,7 @@ class FailureGroup:
 def open_failure_groups(*, key: str | None = None) -> list[FailureGroup]:
     """Groups with failures still to handle (failed, or replay requested), largest first; only
     the group ``key`` when given."""
-    failures = FailedEvent.objects.filter(status__in=OPEN)
+    failures = FailedEvent.objects.open()
     if key is not None:
         failures = failures.filter(group_key=key)
     rows = (

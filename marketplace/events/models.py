@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -26,7 +28,7 @@ class OutboxEvent(models.Model):
             models.Index(fields=["id"], name="outbox_pending_idx", condition=Q(published_at__isnull=True)),
         ]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.event_type} {self.event_id}"
 
     @property
@@ -46,8 +48,39 @@ class ProcessedEvent(models.Model):
             models.UniqueConstraint(fields=["subscriber", "event_id"], name="processed_once_per_subscriber"),
         ]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.subscriber}: {self.event_id}"
+
+
+class FailedEventQuerySet(models.QuerySet["FailedEvent"]):
+    """A failed event's statuses and every change of them (the recorder's own, which writes
+    "failed" in its upsert, aside: events/dead_letters.py)."""
+
+    def open(self) -> FailedEventQuerySet:
+        """Failures still to handle: failed, or a replay requested."""
+        return self.filter(status__in=FailedEvent.OPEN)
+
+    def closed(self) -> FailedEventQuerySet:
+        return self.filter(status__in=FailedEvent.CLOSED)
+
+    def leaving_dead_letter_queue(self) -> FailedEventQuerySet:
+        return self.filter(status__in=FailedEvent.LEAVES_DEAD_LETTER_QUEUE)
+
+    def mark_replaying(self) -> int:
+        return self.filter(status__in=FailedEvent.OPEN).update(status=FailedEvent.Status.REPLAYING)
+
+    def mark_failed_again(self) -> int:
+        """A replay that could not be sent: failed, as before."""
+        return self.filter(status=FailedEvent.Status.REPLAYING).update(status=FailedEvent.Status.FAILED)
+
+    def mark_archived(self) -> int:
+        return self.filter(status__in=FailedEvent.OPEN).update(status=FailedEvent.Status.ARCHIVED)
+
+    def mark_resolved(self) -> int:
+        """A replay succeeded."""
+        return self.filter(status__in=FailedEvent.OPEN).update(
+            status=FailedEvent.Status.RESOLVED, resolved_at=timezone.now()
+        )
 
 
 class FailedEvent(models.Model):
@@ -63,6 +96,12 @@ class FailedEvent(models.Model):
         REPLAYING = "replaying", "Replay requested"
         RESOLVED = "resolved", "Resolved"
         ARCHIVED = "archived", "Archived"
+
+    OPEN = (Status.FAILED, Status.REPLAYING)
+    CLOSED = (Status.RESOLVED, Status.ARCHIVED)
+    # Whose message compaction removes from the .dead queue: closed, or being replayed (a replay
+    # sends the stored envelope, not the queued message).
+    LEAVES_DEAD_LETTER_QUEUE = (*CLOSED, Status.REPLAYING)
 
     subscriber = models.CharField(max_length=100, db_index=True)
     event_id = models.UUIDField(null=True, blank=True, help_text="Empty when the message had no usable id.")
@@ -95,6 +134,8 @@ class FailedEvent(models.Model):
     last_failed_at = models.DateTimeField()
     resolved_at = models.DateTimeField(null=True, blank=True)
 
+    objects = FailedEventQuerySet.as_manager()
+
     class Meta:
         ordering = ["-last_failed_at"]
         constraints = [
@@ -111,8 +152,22 @@ class FailedEvent(models.Model):
         ]
         permissions = [("replay_failedevent", "Can replay failed events")]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.subscriber}: {self.event_type or 'unreadable message'} {self.event_id or ''}"
+
+
+class FailedEventReplayQuerySet(models.QuerySet["FailedEventReplay"]):
+    def finish_pending(self, *, failed_event_id: int, succeeded: bool) -> int:
+        """What came of the failed event's pending replay: the subscriber succeeded, or the event
+        was dead-lettered again."""
+        return self.filter(
+            failed_event_id=failed_event_id,
+            action=FailedEventReplay.Action.REPLAY,
+            outcome=FailedEventReplay.Outcome.PENDING,
+        ).update(
+            outcome=FailedEventReplay.Outcome.SUCCEEDED if succeeded else FailedEventReplay.Outcome.FAILED,
+            finished_at=timezone.now(),
+        )
 
 
 class FailedEventReplay(models.Model):
@@ -139,10 +194,12 @@ class FailedEventReplay(models.Model):
     outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.PENDING)
     finished_at = models.DateTimeField(null=True, blank=True)
 
+    objects = FailedEventReplayQuerySet.as_manager()
+
     class Meta:
         ordering = ["-requested_at"]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.action} of {self.failed_event_id} via {self.via}"
 
 
@@ -174,5 +231,5 @@ class DeliveryAttempt(models.Model):
         ordering = ["started_at"]
         indexes = [models.Index(fields=["subscriber", "event_id"], name="attempts_by_subscriber_event")]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.subscriber} {self.event_id} attempt {self.attempt}: {self.outcome}"

@@ -45,8 +45,6 @@ from marketplace.events.models import DeliveryAttempt, FailedEvent, FailedEventR
 
 logger = logging.getLogger(__name__)
 
-OPEN = (FailedEvent.Status.FAILED, FailedEvent.Status.REPLAYING)
-CLOSED = (FailedEvent.Status.RESOLVED, FailedEvent.Status.ARCHIVED)
 
 OUTBOX = "outbox events"
 PROCESSED = "processed-event markers"
@@ -141,7 +139,7 @@ def prunable_outbox_events(*, before: datetime) -> models.QuerySet[OutboxEvent]:
 def prunable_processed_events(*, before: datetime) -> models.QuerySet[ProcessedEvent]:
     """Markers written before ``before``, but none whose event has an open failure at its subscriber."""
     open_failure = FailedEvent.objects.filter(
-        subscriber=OuterRef("subscriber"), event_id=OuterRef("event_id"), status__in=OPEN
+        subscriber=OuterRef("subscriber"), event_id=OuterRef("event_id"), status__in=FailedEvent.OPEN
     )
     return ProcessedEvent.objects.filter(processed_at__lt=before).filter(~Exists(open_failure))
 
@@ -152,7 +150,7 @@ def prunable_failed_events(*, before: datetime) -> models.QuerySet[FailedEvent]:
         Q(requested_at__gte=before) | Q(finished_at__gte=before)
     )
     return (
-        FailedEvent.objects.filter(status__in=CLOSED, in_dead_letter_queue=False, last_failed_at__lt=before)
+        FailedEvent.objects.filter(status__in=FailedEvent.CLOSED, in_dead_letter_queue=False, last_failed_at__lt=before)
         .filter(Q(resolved_at__isnull=True) | Q(resolved_at__lt=before))
         .filter(~Exists(recent_request))
     )
@@ -162,7 +160,7 @@ def prunable_delivery_attempts(*, before: datetime) -> models.QuerySet[DeliveryA
     """Attempts made before ``before`` (the failed events' horizon: the history lives as long as
     the failures it explains), but none of an event with an open failure at its subscriber."""
     open_failure = FailedEvent.objects.filter(
-        subscriber=OuterRef("subscriber"), event_id=OuterRef("event_id"), status__in=OPEN
+        subscriber=OuterRef("subscriber"), event_id=OuterRef("event_id"), status__in=FailedEvent.OPEN
     )
     return DeliveryAttempt.objects.filter(started_at__lt=before).filter(~Exists(open_failure))
 

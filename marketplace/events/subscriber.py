@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
-import httpx
 from celery import Task
 from celery.exceptions import Reject, Retry
 from django.conf import settings
@@ -24,22 +23,14 @@ from django.utils import timezone
 from marketplace import metrics
 from marketplace.celery import app, confirming_producer
 from marketplace.events import dead_letters, topology
+from marketplace.events import headers as message_headers
 from marketplace.events.envelope import InvalidEnvelope, check_deployment, validate_envelope
-from marketplace.events.models import DeliveryAttempt, FailedEvent, ProcessedEvent
+from marketplace.events.errors import TRANSIENT_ERRORS
+from marketplace.events.models import DeliveryAttempt, FailedEvent, FailedEventReplay, ProcessedEvent
 from marketplace.events.outages import is_database_outage
-from marketplace.events.services import replay_finished
 from marketplace.internals import celery as internal_celery
 
 logger = logging.getLogger(__name__)
-
-
-class TransientDownstreamError(Exception):
-    """A downstream answered 'try again later' (HTTP 5xx, 429): worth retrying."""
-
-
-# Worth retrying: the network, SMTP (smtplib errors are OSErrors), HTTP transport errors and
-# 5xx answers. Everything else fails at once.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OSError, httpx.TransportError, TransientDownstreamError)
 
 
 def claim_event(*, subscriber: str, event_id: str | uuid.UUID) -> bool:
@@ -128,20 +119,20 @@ class SubscriberTask(Task):
 
     def _route_failure(self, exc: BaseException) -> NoReturn:
         request = self.request
-        attempts = _count(request, dead_letters.ATTEMPTS)
-        first_failed_at = _header(request, dead_letters.FIRST_FAILED_AT, None) or dead_letters.now_iso()
+        attempts = _count(request, message_headers.ATTEMPTS)
+        first_failed_at = _header(request, message_headers.FIRST_FAILED_AT, None) or message_headers.now_iso()
         headers = {
-            dead_letters.FIRST_FAILED_AT: first_failed_at,
-            dead_letters.REPLAY_OF: _header(request, dead_letters.REPLAY_OF, ""),
+            message_headers.FIRST_FAILED_AT: first_failed_at,
+            message_headers.REPLAY_OF: _header(request, message_headers.REPLAY_OF, ""),
         }
         # Our own database unavailable: waited out without spending the subscriber's retry budget.
         if is_database_outage(exc) and self._may_wait_for_infrastructure(request):
             delay = settings.SUBSCRIBER_INFRA_RETRY_SECONDS
             headers |= {
-                dead_letters.ATTEMPTS: attempts,
-                dead_letters.INFRA_WAITS: _count(request, dead_letters.INFRA_WAITS) + 1,
-                dead_letters.WAITING_SINCE: _header(request, dead_letters.WAITING_SINCE, None)
-                or dead_letters.now_iso(),
+                message_headers.ATTEMPTS: attempts,
+                message_headers.INFRA_WAITS: _count(request, message_headers.INFRA_WAITS) + 1,
+                message_headers.WAITING_SINCE: _header(request, message_headers.WAITING_SINCE, None)
+                or message_headers.now_iso(),
             }
             logger.warning(
                 "%s: our database is unavailable (%s); event waits %ss, retries not spent", self.name, exc, delay
@@ -151,10 +142,10 @@ class SubscriberTask(Task):
         policy = settings.SUBSCRIBER_RETRY[self.subscriber]
         if isinstance(exc, TRANSIENT_ERRORS) and attempts <= policy["max_retries"]:
             delay = topology.retry_delay(attempts - 1, **policy)
-            retry = self._retry_in(delay, exc, headers | {dead_letters.ATTEMPTS: attempts})
+            retry = self._retry_in(delay, exc, headers | {message_headers.ATTEMPTS: attempts})
             self._record_attempt(DeliveryAttempt.Outcome.RETRYING, exc)
             raise retry
-        self._dead_letter(exc, headers | {dead_letters.ATTEMPTS: attempts}, first_failed_at)
+        self._dead_letter(exc, headers | {message_headers.ATTEMPTS: attempts}, first_failed_at)
         self._record_attempt(DeliveryAttempt.Outcome.DEAD_LETTERED, exc)
         raise exc
 
@@ -163,28 +154,28 @@ class SubscriberTask(Task):
         the retry or dead letter already published."""
         request = self.request
         started = getattr(self, "attempt_started", None) or time.time()
-        replay_of = _header(request, dead_letters.REPLAY_OF, "")
+        replay_of = _header(request, message_headers.REPLAY_OF, "")
         try:
             DeliveryAttempt.objects.create(
                 subscriber=self.subscriber,
                 event_id=dead_letters.event_uuid(request.args[0] if request.args else None),
                 task_id=request.id or "",
                 attempt=min(
-                    _count(request, dead_letters.ATTEMPTS) + _count(request, dead_letters.INFRA_WAITS) + 1,
+                    _count(request, message_headers.ATTEMPTS) + _count(request, message_headers.INFRA_WAITS) + 1,
                     dead_letters.MAX_COUNT,
                 ),
                 started_at=datetime.fromtimestamp(started, UTC),
                 duration_ms=round((time.time() - started) * 1000, 3),
                 worker=request.hostname or "",
                 outcome=outcome,
-                error="" if exc is None else f"{dead_letters.exception_name(exc)}: {exc}"[:10_000],
+                error="" if exc is None else f"{message_headers.exception_name(exc)}: {exc}"[:10_000],
                 replay_of_id=int(replay_of) if str(replay_of).isdigit() else None,
             )
         except Exception:  # best effort: the message is settled already, whatever its headers hold
             logger.warning("could not record the delivery attempt of %s", request.id, exc_info=True)
 
     def _may_wait_for_infrastructure(self, request) -> bool:
-        since = dead_letters.parse_time(_header(request, dead_letters.WAITING_SINCE, None))
+        since = dead_letters.parse_time(_header(request, message_headers.WAITING_SINCE, None))
         if since is None:
             return True
         return (timezone.now() - since).total_seconds() < settings.SUBSCRIBER_INFRA_RETRY_MAX_SECONDS
@@ -208,14 +199,14 @@ class SubscriberTask(Task):
 
     def _dead_letter(self, exc: BaseException, headers: dict[str, Any], first_failed_at: str) -> None:
         subscriber = topology.subscriber_named(self.subscriber)
-        failure = dead_letters.failure_headers(
-            exc=exc, attempts=headers[dead_letters.ATTEMPTS], first_failed_at=first_failed_at
+        failure = message_headers.failure_headers(
+            exc=exc, attempts=headers[message_headers.ATTEMPTS], first_failed_at=first_failed_at
         )
         logger.error(
             "subscriber %s gave up on event %s after %d attempt(s): %s: %s",
             self.subscriber,
             dead_letters.event_uuid(self.request.args[0] if self.request.args else None) or "(no id)",
-            headers[dead_letters.ATTEMPTS],
+            headers[message_headers.ATTEMPTS],
             type(exc).__name__,
             exc,
         )
@@ -237,17 +228,15 @@ class SubscriberTask(Task):
 
     def on_success(self, retval, task_id, args, kwargs):
         metrics.count_processed(self.subscriber)
-        replay_of = _header(self.request, dead_letters.REPLAY_OF, "")
+        replay_of = _header(self.request, message_headers.REPLAY_OF, "")
         if not replay_of and not self.request.retries:
             return  # the hot path (a first attempt that succeeded) writes nothing more
         self._record_attempt(DeliveryAttempt.Outcome.SUCCEEDED)
         if not replay_of:
             return
         try:
-            FailedEvent.objects.filter(
-                pk=int(replay_of), status__in=[FailedEvent.Status.FAILED, FailedEvent.Status.REPLAYING]
-            ).update(status=FailedEvent.Status.RESOLVED, resolved_at=timezone.now())
-            replay_finished(failed_event_id=int(replay_of), succeeded=True)
+            FailedEvent.objects.filter(pk=int(replay_of)).mark_resolved()
+            FailedEventReplay.objects.finish_pending(failed_event_id=int(replay_of), succeeded=True)
         except Exception:  # best effort: the message is settled already, whatever its headers hold
             logger.exception("replay of failed event %s succeeded but could not be marked resolved", replay_of)
 

@@ -29,7 +29,10 @@ This module imports nothing from Django so that settings, Celery and scripts can
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from kombu import Connection, Exchange, Queue, binding
 
@@ -39,6 +42,7 @@ DEAD_LETTER_EXCHANGE = Exchange("marketplace.dead-letter", type="direct", durabl
 DIRECT_TO_QUEUE = Exchange("", type="direct")
 
 QUEUE_TYPE = "quorum"
+ADOPTION_NAMESPACE = uuid.UUID("8a4c2f8e-5b1d-4f57-9a43-6c1f0f7d2b11")
 # A message delivered this many times without being acknowledged (its worker crashed or was
 # killed each time) is dead-lettered with reason "delivery_limit".
 DELIVERY_LIMIT = 5
@@ -66,6 +70,11 @@ class Subscriber:
     @property
     def queue_name(self) -> str:
         return f"marketplace.{self.name}"
+
+    def adopted_task_id(self, event_id: str) -> str:
+        """The Celery task id of this subscriber's handling of an event, the same for every
+        delivery and replay of it, so Flower shows one task."""
+        return str(uuid.uuid5(ADOPTION_NAMESPACE, f"{self.name}:{event_id}"))
 
     @property
     def dead_letter_queue_name(self) -> str:
@@ -191,12 +200,13 @@ def celery_queues() -> tuple[Queue, ...]:
     return tuple(s.queue for s in SUBSCRIBERS)
 
 
-def retry_delay(attempt: int, *, retry_backoff: int, retry_backoff_max: int, **_) -> int:
+def retry_delay(attempt: int, *, retry_backoff: int, retry_backoff_max: int, **_: object) -> int:
     """The wait (seconds) before retry ``attempt`` (from 0): backoff * 2**attempt, capped; never 0."""
-    return max(1, min(retry_backoff * 2**attempt, retry_backoff_max))
+    delay: int = max(1, min(retry_backoff * 2**attempt, retry_backoff_max))
+    return delay
 
 
-def retry_delays(*, max_retries: int, **policy) -> tuple[int, ...]:
+def retry_delays(*, max_retries: int, **policy: int) -> tuple[int, ...]:
     """The distinct waits of a policy: one retry queue each."""
     return tuple(sorted({retry_delay(attempt, **policy) for attempt in range(max_retries)}))
 
@@ -219,13 +229,13 @@ def declare(connection: Connection, retry_delays: dict[str, tuple[int, ...]] | N
         _declare(connection, f"queue {queue.name!r}", lambda ch, q=queue: q(ch).declare())
 
 
-def _declare(connection: Connection, what: str, declare_on) -> None:
+def _declare(connection: Connection, what: str, declare_on: Callable[[Any], object]) -> None:
     try:
         declare_on(connection.default_channel)
     except connection.channel_errors as exc:
         if getattr(exc, "reply_code", None) == 406:  # PRECONDITION_FAILED
             raise TopologyMismatch(
-                f"RabbitMQ already has {what} with different arguments: {exc.reply_text}. "
+                f"RabbitMQ already has {what} with different arguments: {exc.reply_text}. "  # type: ignore[attr-defined]  # an amqp ChannelError
                 "Delete it (or move to a new vhost) so it can be declared as "
                 "marketplace/events/topology.py says."
             ) from exc
@@ -244,6 +254,7 @@ def all_queues(retry_delays: dict[str, tuple[int, ...]] | None = None) -> list[Q
 def queue_bindings(queue: Queue) -> set[tuple[str, str]]:
     """(exchange, routing key) of every binding that declaring ``queue`` creates."""
     pairs = {(b.exchange.name, b.routing_key or "") for b in queue.bindings}
-    if queue.exchange is not None and queue.exchange.name:
-        pairs.add((queue.exchange.name, queue.routing_key or ""))
+    exchange = queue.exchange
+    if exchange is not None and exchange.name:
+        pairs.add((exchange.name, queue.routing_key or ""))
     return pairs

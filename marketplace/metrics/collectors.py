@@ -28,8 +28,6 @@ from marketplace.events.outbox import outbox_lag_seconds
 
 logger = logging.getLogger(__name__)
 
-OPEN_FAILURE_STATUSES = (FailedEvent.Status.FAILED, FailedEvent.Status.REPLAYING)
-
 
 class StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
@@ -66,7 +64,7 @@ def database_gauges() -> Iterator[Metric]:
         value=outbox_lag_seconds(),
     )
     groups = (
-        FailedEvent.objects.filter(status__in=OPEN_FAILURE_STATUSES)
+        FailedEvent.objects.open()
         .values_list("subscriber", "exception_class")
         .annotate(count=Count("id"))
         .order_by()  # no ORDER BY: the model's ordering would join the GROUP BY

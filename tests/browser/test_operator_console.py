@@ -75,7 +75,7 @@ def _order_with_failed_seller_notification(n: int) -> tuple[int, FailedEvent]:
     ).order
     event = OutboxEvent.objects.get(envelope__data__order_id=order.pk)
     message = f"seller {n} webhook http://127.0.0.1:9/hooks/{n} answered 503"
-    exception = "marketplace.events.subscriber.TransientDownstreamError"
+    exception = "marketplace.events.errors.TransientDownstreamError"
     failed = FailedEvent.objects.create(
         subscriber="seller_notification",
         event_id=event.event_id,

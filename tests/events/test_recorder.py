@@ -15,6 +15,7 @@ from django.db import connection
 from kombu import Connection, Producer
 
 from marketplace.events import dead_letters, topology
+from marketplace.events import headers as message_headers
 from marketplace.events.models import FailedEvent
 from marketplace.internals import amqp as amqp_internals
 from marketplace.metrics.collectors import broker_gauges
@@ -142,7 +143,7 @@ def test_a_dead_letter_the_database_refuses_is_parked_and_alerted_and_the_ones_b
         assert queue_depth(conn, topology.PARKED_QUEUE_NAME) == 1
         parked = topology.parked_queue()(conn.default_channel).get(no_ack=False)
         assert dead_letters.body_bytes(parked) == b"park-me, please"
-        assert "refused on purpose" in parked.headers[dead_letters.PARK_REASON]
+        assert "refused on purpose" in parked.headers[message_headers.PARK_REASON]
         parked.requeue()
     assert _gauge("marketplace_parked_dead_letters") == 1
     assert any("could not be recorded" in message.subject for message in mail.outbox)

@@ -17,7 +17,8 @@ from kombu import Producer
 
 from marketplace.celery import MAINTENANCE_QUEUE
 from marketplace.celery import app as celery_app
-from marketplace.events import dead_letters, retention, topology
+from marketplace.events import headers as message_headers
+from marketplace.events import retention, topology
 from marketplace.events.models import (
     DeliveryAttempt,
     FailedEvent,
@@ -277,7 +278,7 @@ def test_command_compacts_the_dead_letter_queues_first_so_closed_failures_in_the
         content_type="application/json",
         content_encoding="utf-8",
         serializer=None,
-        headers={dead_letters.DEAD_LETTER_ID: str(uuid.uuid4())},
+        headers={message_headers.DEAD_LETTER_ID: str(uuid.uuid4())},
     )
     queued = failed_event(status=FailedEvent.Status.RESOLVED, age=100 * DAY, in_queue=True, event_id=envelope["id"])
     audit(queued, age=100 * DAY)

@@ -13,7 +13,7 @@ from marketplace.events import topology
 from marketplace.events.failure_groups import grouping_fields, message_pattern, root_cause_line
 from marketplace.events.models import FailedEvent, FailedEventReplay
 from marketplace.events.services import replay_finished
-from marketplace.events.subscriber import TransientDownstreamError
+from marketplace.events.errors import TransientDownstreamError
 from notifications.handlers import SellersNotNotifiedTransient
 from tests.factories import BuyerFactory
 from tests.support.broker import queue_depth
@@ -303,7 +303,7 @@ def test_one_downstreams_outage_is_one_group_whether_it_failed_alone_or_with_oth
     for _ in range(2):  # two orders of that one seller
         make_failed(
             subscriber="seller_notification",
-            exception="marketplace.events.subscriber.TransientDownstreamError",
+            exception="marketplace.events.errors.TransientDownstreamError",
             exception_message=answer.format(n=48),
         )
     # An order of two sellers, both failing: the wrapper names its root cause on its first line.
@@ -318,7 +318,7 @@ def test_one_downstreams_outage_is_one_group_whether_it_failed_alone_or_with_oth
     )
     make_failed(  # another answer of the same downstream is another cause
         subscriber="seller_notification",
-        exception="marketplace.events.subscriber.TransientDownstreamError",
+        exception="marketplace.events.errors.TransientDownstreamError",
         exception_message="seller 48 (Acme) webhook http://10.0.0.7:8080/hooks/48 answered 429 Too Many Requests",
     )
 
@@ -326,13 +326,13 @@ def test_one_downstreams_outage_is_one_group_whether_it_failed_alone_or_with_oth
 
     assert [(g.exception_class, g.message_pattern, g.count, g.wrapped_in) for g in groups] == [
         (
-            "marketplace.events.subscriber.TransientDownstreamError",
+            "marketplace.events.errors.TransientDownstreamError",
             "seller <n> (Acme) webhook http://10.0.0.7:8080/<path> answered <n> Service Unavailable",
             3,
             ("notifications.handlers.SellersNotNotifiedTransient",),
         ),
         (
-            "marketplace.events.subscriber.TransientDownstreamError",
+            "marketplace.events.errors.TransientDownstreamError",
             "seller <n> (Acme) webhook http://10.0.0.7:8080/<path> answered <n> Too Many Requests",
             1,
             (),

@@ -97,7 +97,7 @@ def test_a_subscriber_that_always_fails_is_dead_lettered_recorded_and_alerted(
     assert failed.attempts == MAX_RETRIES + 1
     assert failed.event_type == "order.placed"
     assert failed.payload == envelope
-    assert failed.exception_class == "marketplace.events.subscriber.TransientDownstreamError"
+    assert failed.exception_class == "marketplace.events.errors.TransientDownstreamError"
     assert "503" in failed.exception_message
     assert "Traceback" in failed.traceback
     assert failed.first_failed_at < failed.last_failed_at

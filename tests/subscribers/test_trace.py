@@ -101,7 +101,7 @@ def test_a_trace_says_how_a_failure_ended_and_numbers_attempts_across_replays(ad
         event_id=event.event_id,
         event_type="order.placed",
         payload=event.envelope,
-        exception_class="marketplace.events.subscriber.TransientDownstreamError",
+        exception_class="marketplace.events.errors.TransientDownstreamError",
         exception_message=root,
         last_failed_at=timezone.now(),
         status=FailedEvent.Status.RESOLVED,

@@ -12,6 +12,7 @@ from kombu import Connection, Consumer
 
 from marketplace.celery import app
 from marketplace.events import dead_letters, topology
+from marketplace.events import headers as message_headers
 from marketplace.events.outages import is_database_outage
 from marketplace.internals import amqp as amqp_internals
 
@@ -151,7 +152,7 @@ class Command(BaseCommand):
             if is_database_outage(exc):
                 raise
             logger.exception("could not record a dead letter of %s", failure.subscriber.name)
-            self._park(message, f"recording it failed: {dead_letters.exception_name(exc)}: {exc}")
+            self._park(message, f"recording it failed: {message_headers.exception_name(exc)}: {exc}")
         return False
 
     def _until_written(self, write):

@@ -3,7 +3,7 @@ from django.core.management.base import BaseCommand
 from marketplace.events import topology
 from marketplace.events.management.arguments import moment
 from marketplace.events.models import FailedEvent
-from marketplace.events.services import REPLAYABLE, NotReplayable, failed_event_replay
+from marketplace.events.services import NotReplayable, failed_event_replay
 
 
 class Command(BaseCommand):
@@ -18,7 +18,7 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="List what would be replayed; change nothing.")
 
     def handle(self, *args, subscriber, ids, since, dry_run, **options):
-        failed_events = FailedEvent.objects.filter(status__in=REPLAYABLE).order_by("id")
+        failed_events = FailedEvent.objects.open().order_by("id")
         if subscriber:
             failed_events = failed_events.filter(subscriber=subscriber)
         if ids:

@@ -7,7 +7,8 @@ from kombu import Connection
 
 from marketplace.events import topology
 from marketplace.events.broker import connect_once
-from marketplace.events.topology_check import ManagementApi, MigrationError, migrate_topology, topology_problems
+from marketplace.events.topology_check import ManagementApi, topology_problems
+from marketplace.events.topology_migration import MigrationError, migrate_topology
 
 VHOST_API_WAIT_SECONDS = 30
 
