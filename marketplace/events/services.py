@@ -14,7 +14,6 @@ from marketplace.events import headers as message_headers
 from marketplace.events import topology
 from marketplace.events.models import FailedEvent, FailedEventReplay
 
-
 # Who asked, as the admin has it (request.user); None for a management command.
 Requester: TypeAlias = AbstractBaseUser | AnonymousUser | None
 

@@ -10,10 +10,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from marketplace.events import topology
+from marketplace.events.errors import TransientDownstreamError
 from marketplace.events.failure_groups import grouping_fields, message_pattern, root_cause_line
 from marketplace.events.models import FailedEvent, FailedEventReplay
 from marketplace.events.services import replay_finished
-from marketplace.events.errors import TransientDownstreamError
 from notifications.handlers import SellersNotNotifiedTransient
 from tests.factories import BuyerFactory
 from tests.support.broker import queue_depth

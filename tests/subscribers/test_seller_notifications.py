@@ -8,8 +8,8 @@ from django.core import mail
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from marketplace.events.models import FailedEvent, ProcessedEvent
 from marketplace.events.errors import TRANSIENT_ERRORS
+from marketplace.events.models import FailedEvent, ProcessedEvent
 from marketplace.mail import EmailNotSent
 from notifications import handlers as notifications
 from notifications.models import Notification
