@@ -29,6 +29,7 @@ from kombu.utils.json import dumps
 
 from marketplace.events import headers as message_headers
 from marketplace.events import topology
+from marketplace.internals import amqp as internal_amqp
 from marketplace.internals import celery as internal_celery
 from marketplace.internals import kombu as internal_kombu
 
@@ -56,6 +57,10 @@ class EventConsumer(Consumer):
 
     def create_task_handler(self, *args, **kwargs):
         on_task_received = super().create_task_handler(*args, **kwargs)
+        # Called as the worker starts consuming, on every (re)connection: bodies stay the bytes
+        # that were sent, so a message dead-lettered from here is recorded byte for byte.
+        if self.task_consumer is not None:
+            internal_amqp.raw_bodies(self.task_consumer.channel)
 
         def on_message(message):
             try:
