@@ -20,6 +20,7 @@ from marketplace.celery import app as celery_app
 from marketplace.events import outbox, topology
 from tests.support.broker import EventTap, purge_subscriber_queues, rabbitmqctl
 from tests.support.faults import Faults
+from tests.support.recorder import RecorderProcess
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.webhooks import SellerWebhook
 from tests.support.workers import (
@@ -127,11 +128,11 @@ def start_worker(worker_env, tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("worker-logs")
     started: list[WorkerProcess] = []
 
-    def start(name: str, **extra_env: str) -> WorkerProcess:
+    def start(name: str, *, wait: bool = True, **extra_env: str) -> WorkerProcess:
         env = {**worker_env, **extra_env}
         worker = WorkerProcess(topology.subscriber_named(name), env, log_dir).start()
         started.append(worker)
-        return worker
+        return worker.wait_until_ready() if wait else worker
 
     yield start
     for worker in started:
@@ -143,7 +144,10 @@ def session_workers(start_worker, broker_url):
     # Tests without workers publish events too (every committed order does); the workers must not
     # start on that backlog, whose orders are long gone from the database.
     purge_subscriber_queues(broker_url)
-    workers = {subscriber.name: start_worker(subscriber.name) for subscriber in topology.SUBSCRIBERS}
+    # Booted side by side: each takes seconds to import and connect, and they do not depend on each other.
+    workers = {subscriber.name: start_worker(subscriber.name, wait=False) for subscriber in topology.SUBSCRIBERS}
+    for worker in workers.values():
+        worker.wait_until_ready()
     pause(workers, broker_url)
     return workers
 
@@ -157,6 +161,31 @@ def workers(session_workers, transactional_db, faults, broker_url):
     resume(session_workers, broker_url)
     yield session_workers
     pause(session_workers, broker_url)
+
+
+@pytest.fixture(scope="session")
+def start_recorder(worker_env, broker_url, tmp_path_factory):
+    """Start a real ``record_dead_letters`` process (stopped at the end of the session at the latest)."""
+    log_dir = tmp_path_factory.mktemp("recorder-logs")
+    started: list[RecorderProcess] = []
+
+    def start() -> RecorderProcess:
+        recorder = RecorderProcess(worker_env, log_dir, broker_url).start()
+        started.append(recorder)
+        return recorder
+
+    yield start
+    for recorder in started:
+        recorder.stop()
+
+
+@pytest.fixture
+def recorder(start_recorder, workers):
+    """A live dead-letter recorder for this test only: other tests record with ``--once`` in process
+    and must find the recorder's inbox unconsumed."""
+    process = start_recorder()
+    yield process
+    process.stop()
 
 
 # --- API ----------------------------------------------------------------------------------------

@@ -70,6 +70,9 @@ class WorkerProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        return self
+
+    def wait_until_ready(self) -> WorkerProcess:
         eventually(self._ready, timeout=60, interval=0.2, message=f"worker {self.subscriber.name} to be ready")
         return self
 
