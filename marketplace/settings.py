@@ -87,6 +87,11 @@ DATABASES["default"]["OPTIONS"] = {
     "tcp_user_timeout": env.int("DATABASE_TCP_USER_TIMEOUT_MS", default=60_000),
     **DATABASES["default"].get("OPTIONS", {}),
 }
+# Behind pgbouncer in transaction pooling mode this must be true: QuerySet.iterator() otherwise
+# declares a server-side cursor that outlives its transaction, and its next FETCH can reach another
+# server connection ("cursor ... does not exist"). Prepared statements need nothing: Django leaves
+# psycopg's prepare_threshold at None (never prepare) unless OPTIONS sets it.
+DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env.bool("DATABASE_DISABLE_SERVER_SIDE_CURSORS", default=False)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"

@@ -14,6 +14,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 
 from kombu import Producer
@@ -21,6 +22,7 @@ from kombu import Producer
 from marketplace.events import topology
 from tests.faults.harness.effects import Hazards, Row
 from tests.faults.harness.ledger import Harness
+from tests.faults.harness.servers import PgBouncer, free_port
 from tests.support.tcp_proxy import TcpProxy
 
 
@@ -857,6 +859,193 @@ def recorder_killed_mid_backlog(h: Harness) -> Row:
     )  # fmt: skip
 
 
+# --- pgbouncer ---------------------------------------------------------------------------------------------
+
+# What every process needs behind a transaction-pooling pgbouncer (docs/operations.md).
+PGBOUNCER_ENV = {"DATABASE_DISABLE_SERVER_SIDE_CURSORS": "true"}
+
+
+def _restart_all(h: Harness, env: dict | None) -> None:
+    """Stop every process at once, then start them all with ``env`` (None: talking to PostgreSQL
+    directly again) and wait until each is ready."""
+    names = list(h.system.commands)
+    with ThreadPoolExecutor(len(names)) as pool:
+        list(pool.map(h.system.stop, names))
+    for name in names:
+        h.system.start(name, env=env, wait=False)
+    for name in names:
+        h.system.wait_ready(h.system.procs[name], timeout=180)
+
+
+def _connections_to(h: Harness, ports: dict[str, int]) -> dict[str, dict[str, int]]:
+    """Process name -> {label: open TCP connections to that port} for every running process."""
+    output = subprocess.run(["ss", "-tnpH"], capture_output=True, text=True, timeout=10).stdout
+    seen: dict[str, dict[str, int]] = {}
+    for name in h.system.procs:
+        pids = h.system.pids(name)
+        counts = dict.fromkeys(ports, 0)
+        for line in output.splitlines():
+            parts = line.split()
+            if len(parts) < 6 or not any(f"pid={pid}," in parts[5] for pid in pids):
+                continue
+            for label, port in ports.items():
+                if parts[4].endswith(f":{port}"):
+                    counts[label] += 1
+        seen[name] = counts
+    return seen
+
+
+def _publish_unreadable(h: Harness) -> str:
+    """A text/plain message on the fanout: every subscriber dead-letters it, the recorder records it."""
+    marker = f"pgbouncer-{uuid.uuid4().hex[:12]}"
+    h.publish_raw(f"plain words {marker}".encode(), content_type="text/plain")
+    return marker
+
+
+def _reward_problems(h: Harness, buyers: list[dict]) -> tuple[list[str], str]:
+    """Every (buyer, rewarded segment) a customer.segment_changed event announced has one reward
+    code and one email carrying the code's event id (the loyalty_rewards worker)."""
+    buyer_ids = [b["id"] for b in buyers]
+    announced = {
+        (int(buyer), segment)
+        for buyer, segment in h.db.query(
+            "SELECT envelope->'data'->'buyer'->>'id', envelope->'data'->>'segment' FROM events_outboxevent"
+            " WHERE event_type = 'customer.segment_changed' AND (envelope->'data'->'buyer'->>'id')::bigint = ANY(%s)",
+            (buyer_ids,),
+        )
+        if segment in ("loyal", "high_value")
+    }
+    codes = h.db.query(
+        "SELECT buyer_id, segment, event_id FROM loyalty_rewardcode WHERE buyer_id = ANY(%s)", (buyer_ids,)
+    )
+    emails = {}
+    for delivery in h.smtp.snapshot():
+        emails[delivery.event_id] = emails.get(delivery.event_id, 0) + 1
+    problems = []
+    if not announced:
+        problems.append("no buyer reached a rewarded segment")
+    missing = announced - {(buyer, segment) for buyer, segment, _ in codes}
+    if missing:
+        problems.append(f"{len(missing)} rewarded segment(s) without a reward code")
+    unsent = [str(event) for _, _, event in codes if emails.get(str(event), 0) != 1]
+    if unsent:
+        problems.append(f"{len(unsent)} reward code(s) not emailed exactly once")
+    return problems, f"{len(codes)} reward code(s) for {len(announced)} rewarded segment change(s)"
+
+
+def _prune_through(h: Harness, env: dict) -> tuple[list[str], str]:
+    """Age every published outbox row and every dedupe marker so far past retention (40 days), run
+    ``manage.py prune_events`` with ``env``, and check that it deleted them all (but the markers of
+    events with an open failure, which are kept)."""
+    outbox_max = h.db.query("SELECT coalesce(max(id), 0) FROM events_outboxevent WHERE published_at IS NOT NULL")[0][0]
+    marker_max = h.db.query("SELECT coalesce(max(id), 0) FROM events_processedevent")[0][0]
+    # Pending rows age too (prune_events must keep them): a pending row left within retention below
+    # the others would end prune_events' walk up the ids early.
+    aged_outbox = h.db.query(
+        "UPDATE events_outboxevent SET created_at = created_at - interval '40 days',"
+        " published_at = published_at - interval '40 days' WHERE id <= %s RETURNING published_at",
+        (outbox_max,),
+    )
+    aged_outbox = [published_at for (published_at,) in aged_outbox if published_at is not None]
+    kept_markers_sql = (
+        "SELECT count(*) FROM events_processedevent p WHERE p.id <= %s AND EXISTS (SELECT 1 FROM events_failedevent f"
+        " WHERE f.subscriber = p.subscriber AND f.event_id = p.event_id AND f.status IN ('failed', 'replaying'))"
+    )
+    kept_markers = h.db.query(kept_markers_sql, (marker_max,))[0][0]
+    aged_markers = h.db.query(
+        "UPDATE events_processedevent SET processed_at = processed_at - interval '40 days' WHERE id <= %s RETURNING id",
+        (marker_max,),
+    )
+    result = h.system.manage("prune_events", check=False, **env)
+    outbox_left = h.db.query(
+        "SELECT count(*) FROM events_outboxevent WHERE id <= %s AND published_at IS NOT NULL", (outbox_max,)
+    )[0][0]
+    markers_left = h.db.query("SELECT count(*) FROM events_processedevent WHERE id <= %s", (marker_max,))[0][0]
+    problems = []
+    if result.returncode != 0:
+        problems.append(f"prune_events exited {result.returncode}: {result.stderr.strip()[-200:]}")
+    if outbox_left:
+        problems.append(f"prune_events left {outbox_left} of {len(aged_outbox)} expired outbox rows")
+    if markers_left != kept_markers:
+        problems.append(f"prune_events left {markers_left} expired markers, expected {kept_markers}")
+    if not aged_outbox or not aged_markers:
+        problems.append("nothing to prune")
+    return problems, (
+        f"prune_events through pgbouncer deleted {len(aged_outbox) - outbox_left} of {len(aged_outbox)} expired outbox"
+        f" rows and {len(aged_markers) - markers_left} of {len(aged_markers)} expired markers"
+    )
+
+
+def behind_pgbouncer(h: Harness) -> Row:
+    """Every process reaches PostgreSQL through pgbouncer in transaction pooling mode, with fewer
+    server connections than clients: orders through the API (gunicorn), the relay, every subscriber
+    worker, the dead-letter recorder, beat and the maintenance worker. PostgreSQL restarts behind
+    pgbouncer mid-stream; unreadable messages are recorded by the recorder before and after it; then
+    ``manage.py prune_events`` runs through pgbouncer. Afterwards every process talks to PostgreSQL
+    directly again."""
+    outage = size(h, 5, 15)
+    count = size(h, 40, 120)
+    pool = 8
+    row = Row(
+        f"pgbouncer (transaction pooling, {pool} server connections) between every process and PostgreSQL;"
+        f" PostgreSQL restarted ({outage}s) mid-stream; prune_events through it"
+    )
+    bouncer = PgBouncer(
+        h.servers.workdir, free_port(), h.postgres.port, control_dir=h.system.control_dir, pool_size=pool
+    )
+    bouncer.start()
+    env = {"DATABASE_URL": bouncer.url, **PGBOUNCER_ENV}
+    buyers = h.buyers_for_row(8)
+    problems: list[str] = []
+    try:
+        _restart_all(h, env)
+        started = time.time()
+        markers = [_publish_unreadable(h)]
+        stream = h.place(count, buyers, rate=4, background=True)
+        _wait_until(lambda: len(stream.results) >= count // 3, 60)
+        hazards = Hazards()
+        stopped_at = time.time()
+        h.postgres.stop()
+        time.sleep(outage)
+        h.postgres.start()
+        fault_end = time.time()
+        hazards.add(stopped_at, fault_end)
+        markers.append(_publish_unreadable(h))
+        subscribers = {s.name for s in topology.SUBSCRIBERS}
+        recorded = _wait_until(
+            lambda: all(_failed_event_subscribers(h, marker, None) >= subscribers for marker in markers), 120, 1
+        )
+        if not recorded:
+            problems.append("the recorder did not record every dead letter")
+        connections = _connections_to(h, {"pgbouncer": bouncer.port, "postgres": h.postgres.port})
+        row = h.measure(
+            row, buyers=buyers, streams=[stream], started=started, fault_end=fault_end, hazards=hazards,
+            deadline=120, max_recovery=60, expected_dead_letters=len(markers) * len(subscribers), problems=problems,
+        )  # fmt: skip
+        problems = [p for p in row.verdict.removeprefix("FAIL: ").split("; ") if p and p != "pass"]
+        _wait_until(lambda: not _reward_problems(h, buyers)[0], 30, 1)
+        reward_problems, reward_note = _reward_problems(h, buyers)
+        problems += reward_problems
+        row.notes.append(reward_note)
+        direct = {name: c["postgres"] for name, c in connections.items() if c["postgres"]}
+        through = sorted(name for name, c in connections.items() if c["pgbouncer"])
+        row.notes.append(f"connected through pgbouncer at the end: {', '.join(through) or 'none'}")
+        if direct:
+            problems.append(f"connected to PostgreSQL directly: {direct}")
+        stats = {r["database"]: r for r in bouncer.admin("SHOW STATS")}.get("marketplace", {})
+        row.notes.append(f"pgbouncer served {stats.get('total_xact_count', '?')} transactions")
+        prune_problems, prune_note = _prune_through(h, env)
+        problems += prune_problems
+        row.notes.append(prune_note)
+    finally:
+        _restart_all(h, None)
+        bouncer.stop()
+    refused = bouncer.log_text().count("server login has been failing")
+    row.notes.append(f"pgbouncer refused {refused} login(s) while PostgreSQL was down")
+    row.verdict = "pass" if not problems else "FAIL: " + "; ".join(problems)
+    return row
+
+
 # name -> fault kind: the ledger, in priority order.
 KINDS: dict[str, Callable[[Harness], Row]] = {
     "worker-kill-confirmation": lambda h: worker_killed(h, "order_confirmation"),
@@ -885,6 +1074,7 @@ KINDS: dict[str, Callable[[Harness], Row]] = {
     "disk-alarm": broker_disk_alarm,
     "recorder-database-restart": database_restart_recorder_backlog,
     "recorder-kill": recorder_killed_mid_backlog,
+    "pgbouncer": behind_pgbouncer,
 }
 
 

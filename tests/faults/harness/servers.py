@@ -292,3 +292,123 @@ def kill_processes_of(directory: Path) -> None:
         with contextlib.suppress(OSError):
             if marker in (entry / "environ").read_bytes().split(b"\0"):
                 os.kill(int(entry.name), 9)
+
+
+PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+
+
+class PgBouncer:
+    """Debian's ``pgbouncer`` in transaction pooling mode, in front of a PostgreSQL of the run.
+
+    It listens on 127.0.0.1 on a port of its own, serves the one database ``marketplace`` (trust
+    auth, like the cluster behind it) and runs as ``postgres`` (pgbouncer refuses to run as root).
+    It carries the run's control directory in its environment, so a later run's sweep ends it if
+    this one was killed. The admin console (``admin``) answers SHOW POOLS / SHOW CLIENTS.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        port: int,
+        server_port: int,
+        *,
+        control_dir: Path,
+        pool_size: int = 20,
+        dbname: str = "marketplace",
+    ):
+        self.workdir = workdir / "pgbouncer"
+        self.port = port
+        self.server_port = server_port
+        self.dbname = dbname
+        self.pool_size = pool_size
+        self.control_dir = control_dir
+        self.logfile = self.workdir / "pgbouncer.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/marketplace"
+
+    def start(self) -> None:
+        if not os.access(PGBOUNCER, os.X_OK):
+            raise ServerError(f"{PGBOUNCER} not found: apt-get install pgbouncer")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "userlist.txt").write_text('"postgres" ""\n')
+        (self.workdir / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"marketplace = host=127.0.0.1 port={self.server_port} dbname={self.dbname}\n"
+            "[pgbouncer]\n"
+            "listen_addr = 127.0.0.1\n"
+            f"listen_port = {self.port}\n"
+            f"unix_socket_dir = {self.workdir}\n"
+            "auth_type = trust\n"
+            f"auth_file = {self.workdir / 'userlist.txt'}\n"
+            "admin_users = postgres\n"
+            "pool_mode = transaction\n"
+            f"default_pool_size = {self.pool_size}\n"
+            "max_client_conn = 1000\n"
+            # A server that is down: new logins are tried again after 1 s, not the default 15 s.
+            "server_login_retry = 1\n"
+            f"logfile = {self.logfile}\n"
+        )
+        shutil.chown(self.workdir, user="postgres")
+        for path in self.workdir.iterdir():
+            shutil.chown(path, user="postgres")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "FAULT_LEDGER_CONTROL_DIR": str(self.control_dir)}
+        self.process = subprocess.Popen(
+            [PGBOUNCER, "-u", "postgres", str(self.workdir / "pgbouncer.ini")],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"pgbouncer exited {self.process.returncode}: {self.log_text()[-2000:]}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return
+            time.sleep(0.1)
+        raise ServerError(f"pgbouncer not listening on {self.port}: {self.log_text()[-2000:]}")
+
+    def admin(self, command: str) -> list[dict[str, str]]:
+        """A SHOW command on the admin console, as rows of column -> value."""
+        out = run(
+            [
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-AF",
+                "\t",
+                "-c",
+                command,
+                "pgbouncer",
+            ],
+            timeout=20,
+        )
+        lines = [line for line in out.splitlines() if line and not line.startswith("(")]
+        if not lines:
+            return []
+        header = lines[0].split("\t")
+        return [dict(zip(header, line.split("\t"), strict=False)) for line in lines[1:]]
+
+    def log_text(self) -> str:
+        try:
+            return self.logfile.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
