@@ -1,13 +1,27 @@
+from __future__ import annotations
+
 import json
+import uuid
 from collections.abc import Iterator
+from datetime import datetime
+from typing import Any, cast
 
 from django.contrib import admin, messages
+from django.contrib.auth.models import User  # admin views see only signed-in staff: request.user is one
 from django.core.exceptions import PermissionDenied
-from django.db.models import Exists, OuterRef
-from django.http import Http404, HttpResponseRedirect, JsonResponse, StreamingHttpResponse
+from django.db.models import Exists, OuterRef, QuerySet
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    HttpResponseRedirect,
+    JsonResponse,
+    StreamingHttpResponse,
+)
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.html import escape, format_html, format_html_join
@@ -36,7 +50,7 @@ from marketplace.events.services import (
 GROUP_PROGRESS_FROM = 200
 
 
-def moment(value) -> str:
+def moment(value: datetime | None) -> str:
     """To the second, with how long ago: '2026-11-29 04:12:33 UTC (3 minutes ago)'."""
     if value is None:
         return "-"
@@ -48,10 +62,10 @@ class PublishedFilter(admin.SimpleListFilter):
     title = "state"
     parameter_name = "state"
 
-    def lookups(self, request, model_admin):
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]) -> list[tuple[str, str]]:
         return [("pending", "Pending"), ("published", "Published")]
 
-    def queryset(self, request, queryset):
+    def queryset(self, request: HttpRequest, queryset: QuerySet[OutboxEvent]) -> QuerySet[OutboxEvent]:
         if self.value() == "pending":
             return queryset.filter(published_at__isnull=True)
         if self.value() == "published":
@@ -60,7 +74,7 @@ class PublishedFilter(admin.SimpleListFilter):
 
 
 @admin.register(OutboxEvent)
-class OutboxEventAdmin(admin.ModelAdmin):
+class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscriptable at runtime (no django_stubs_ext.monkeypatch)
     list_display = ["id", "event_type", "event_id", "state", "age", "attempts", "last_error_short", "created_at"]
     list_filter = [PublishedFilter, "event_type", "created_at"]
     search_fields = ["=event_id"]
@@ -79,27 +93,27 @@ class OutboxEventAdmin(admin.ModelAdmin):
     exclude = ["envelope"]
 
     @admin.display(description="state")
-    def state(self, obj):
+    def state(self, obj: OutboxEvent) -> str:
         return "published" if obj.is_published else "pending"
 
     @admin.display(description="age")
-    def age(self, obj):
+    def age(self, obj: OutboxEvent) -> str:
         end = obj.published_at or timezone.now()
         return f"{(end - obj.created_at).total_seconds():.1f}s"
 
     @admin.display(description="last error")
-    def last_error_short(self, obj):
+    def last_error_short(self, obj: OutboxEvent) -> str:
         return obj.last_error[:80]
 
     @admin.display(description="envelope")
-    def pretty_envelope(self, obj):
+    def pretty_envelope(self, obj: OutboxEvent) -> str:
         return format_html('<pre class="wrapped">{}</pre>', json.dumps(obj.envelope, indent=2))
 
     @admin.display(description="trace")
-    def trace_link(self, obj):
+    def trace_link(self, obj: OutboxEvent) -> str:
         return trace.trace_link(obj.event_id, "where this event is, with each subscriber")
 
-    def get_urls(self):
+    def get_urls(self) -> list[URLPattern]:
         view = self.admin_site.admin_view
         return [
             path("trace/order/<int:order_id>/", view(self.order_trace_view), name="events_trace_order"),
@@ -107,14 +121,14 @@ class OutboxEventAdmin(admin.ModelAdmin):
             *super().get_urls(),
         ]
 
-    def order_trace_view(self, request, order_id: int):
+    def order_trace_view(self, request: HttpRequest, order_id: int) -> TemplateResponse:
         return self._trace(request, f"Order #{order_id}: its events", trace.order_event_traces(order_id))
 
-    def event_trace_view(self, request, event_id):
+    def event_trace_view(self, request: HttpRequest, event_id: uuid.UUID) -> TemplateResponse:
         event = get_object_or_404(OutboxEvent, event_id=event_id)
         return self._trace(request, f"Event {event.event_type} {event.event_id}", [trace.event_trace(event)])
 
-    def _trace(self, request, title: str, traces: list[trace.EventTrace]):
+    def _trace(self, request: HttpRequest, title: str, traces: list[trace.EventTrace]) -> TemplateResponse:
         if not self.has_view_permission(request):
             raise PermissionDenied
         context = {
@@ -127,33 +141,33 @@ class OutboxEventAdmin(admin.ModelAdmin):
         }
         return TemplateResponse(request, "admin/events/trace.html", context)
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None):
+    def has_change_permission(self, request: HttpRequest, obj: OutboxEvent | None = None) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None):
+    def has_delete_permission(self, request: HttpRequest, obj: OutboxEvent | None = None) -> bool:
         return False  # an unpublished row is an event not yet delivered
 
 
-class FailedEventReplayInline(admin.TabularInline):
+class FailedEventReplayInline(admin.TabularInline):  # type: ignore[type-arg]  # not subscriptable at runtime (no django_stubs_ext.monkeypatch)
     model = FailedEventReplay
     extra = 0
     can_delete = False
     verbose_name = "replay or archive"
     verbose_name_plural = "replays and archives (audit)"
-    fields = readonly_fields = ["action", "via", "requested_by", "requested", "outcome", "finished"]
+    fields = readonly_fields = ["action", "via", "requested_by", "requested", "outcome", "finished"]  # type: ignore[assignment]  # valid for both; mypy infers list[str] against fields' invariant list
 
-    def has_add_permission(self, request, obj=None):
+    def has_add_permission(self, request: HttpRequest, obj: FailedEvent | None = None) -> bool:
         return False
 
     @admin.display(description="requested at")
-    def requested(self, obj):
+    def requested(self, obj: FailedEventReplay) -> str:
         return moment(obj.requested_at)
 
     @admin.display(description="finished at")
-    def finished(self, obj):
+    def finished(self, obj: FailedEventReplay) -> str:
         return moment(obj.finished_at)
 
 
@@ -161,19 +175,19 @@ class FailureGroupFilter(admin.SimpleListFilter):
     title = "failure group"
     parameter_name = "group"
 
-    def lookups(self, request, model_admin):
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]) -> list[tuple[str, str]]:
         return [
             (group.key, f"{group.subscriber} · {group.exception_class.rpartition('.')[2]} · "
              f"{group.message_pattern[:60]} ({group.count})")
             for group in open_failure_groups()[:30]
         ]  # fmt: skip
 
-    def queryset(self, request, queryset):
+    def queryset(self, request: HttpRequest, queryset: QuerySet[FailedEvent]) -> QuerySet[FailedEvent]:
         return queryset.filter(group_key=self.value()) if self.value() else queryset
 
 
 @admin.register(FailedEvent)
-class FailedEventAdmin(admin.ModelAdmin):
+class FailedEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscriptable at runtime (no django_stubs_ext.monkeypatch)
     list_display = ["id", "subscriber", "failure", "status", "attempts", "last_failed", "trace"]
     list_display_links = ["id", "failure"]
     list_filter = [FailureGroupFilter, "subscriber", "status", "exception_class", "last_failed_at"]
@@ -210,7 +224,7 @@ class FailedEventAdmin(admin.ModelAdmin):
     inlines = [FailedEventReplayInline]
 
     @admin.display(description="failure", ordering="exception_class")
-    def failure(self, obj):
+    def failure(self, obj: FailedEvent) -> str:
         return format_html(
             '<span class="failure"><strong>{}</strong><br>{}</span>',
             obj.exception_class.rpartition(".")[2],
@@ -218,31 +232,32 @@ class FailedEventAdmin(admin.ModelAdmin):
         )
 
     @admin.display(description="last failed", ordering="last_failed_at")
-    def last_failed(self, obj):
+    def last_failed(self, obj: FailedEvent) -> str:
         return moment(obj.last_failed_at)
 
     @admin.display(description="first failed", ordering="first_failed_at")
-    def first_failed(self, obj):
+    def first_failed(self, obj: FailedEvent) -> str:
         return moment(obj.first_failed_at)
 
-    def get_queryset(self, request):
+    def get_queryset(self, request: HttpRequest) -> QuerySet[FailedEvent]:
         # Whether the event is still in the outbox (retention may have pruned it): one subquery for
         # the whole page instead of a query per row.
         in_outbox = OutboxEvent.objects.filter(event_id=OuterRef("event_id"))
-        return super().get_queryset(request).annotate(traceable=Exists(in_outbox))
+        queryset: QuerySet[FailedEvent] = super().get_queryset(request).annotate(traceable=Exists(in_outbox))
+        return queryset
 
     @admin.display(description="trace")
-    def trace(self, obj):
-        return trace.trace_link(obj.event_id, "trace") if obj.traceable else "-"
+    def trace(self, obj: FailedEvent) -> str:
+        return trace.trace_link(obj.event_id, "trace") if obj.traceable else "-"  # type: ignore[attr-defined,arg-type]  # get_queryset's annotation; only an event with an id is in the outbox
 
     @admin.display(description="failure group")
-    def group(self, obj):
+    def group(self, obj: FailedEvent) -> str:
         url = reverse("admin:events_failedevent_group", args=[obj.group_key])
         cause_class, _ = root_cause(exception_class=obj.exception_class, exception_message=obj.exception_message)
         return format_html('<a href="{}">{} · {} · {}</a>', url, obj.subscriber, cause_class, obj.message_pattern)
 
     @admin.display(description="delivery history")
-    def delivery_history(self, obj):
+    def delivery_history(self, obj: FailedEvent) -> str:
         if obj.event_id is None:
             return "-"
         attempts = trace.numbered(DeliveryAttempt.objects.filter(subscriber=obj.subscriber, event_id=obj.event_id))
@@ -271,29 +286,31 @@ class FailedEventAdmin(admin.ModelAdmin):
         )
 
     @admin.display(description="payload")
-    def pretty_payload(self, obj):
+    def pretty_payload(self, obj: FailedEvent) -> str:
         return format_html('<pre class="wrapped">{}</pre>', json.dumps(obj.payload, indent=2))
 
     @admin.display(description="traceback")
-    def pretty_traceback(self, obj):
+    def pretty_traceback(self, obj: FailedEvent) -> str:
         return format_html('<pre class="wrapped">{}</pre>', obj.traceback)
 
     @admin.display(description="message headers")
-    def pretty_headers(self, obj):
+    def pretty_headers(self, obj: FailedEvent) -> str:
         return format_html('<pre class="wrapped">{}</pre>', json.dumps(obj.headers, indent=2, sort_keys=True))
 
     @admin.display(description="dead-lettered by")
-    def dead_lettered_by(self, obj):
+    def dead_lettered_by(self, obj: FailedEvent) -> str:
         reason = (obj.headers or {}).get("x-first-death-reason")
         if reason:
             return f"RabbitMQ ({reason}) from {(obj.headers or {}).get('x-first-death-queue', '?')}"
         return "the subscriber, after its last attempt" if obj.headers else ""
 
-    def changelist_view(self, request, extra_context=None):
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         context = {**(extra_context or {}), "failure_groups": open_failure_groups()[:10]}
         return super().changelist_view(request, context)
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         failed_event = self.get_object(request, object_id)
         context = {**(extra_context or {})}
         if failed_event is not None and self.has_replay_permission(request):
@@ -303,7 +320,7 @@ class FailedEventAdmin(admin.ModelAdmin):
             }
         return super().change_view(request, object_id, form_url, context)
 
-    def get_urls(self):
+    def get_urls(self) -> list[URLPattern]:
         view = self.admin_site.admin_view
         return [
             path("groups/", view(self.groups_view), name="events_failedevent_groups"),
@@ -320,7 +337,7 @@ class FailedEventAdmin(admin.ModelAdmin):
             *super().get_urls(),
         ]
 
-    def event_action_view(self, request, pk: int, action: str):
+    def event_action_view(self, request: HttpRequest, pk: int, action: str) -> HttpResponse:
         """Replay or archive one failed event: asks first (GET), acts on POST, audited as the
         list's actions are; then back to ``next`` (the trace it was asked from) or the event."""
         if action not in ("replay", "archive"):
@@ -343,18 +360,18 @@ class FailedEventAdmin(admin.ModelAdmin):
             return TemplateResponse(request, "admin/events/failedevent/event_confirm.html", context)
         try:
             if action == "replay":
-                failed_event_replay(failed_event=failed_event, requested_by=request.user, via="admin")
+                failed_event_replay(failed_event=failed_event, requested_by=cast(User, request.user), via="admin")
                 self.message_user(request, f"Replayed failed event #{pk} to {failed_event.subscriber}.")
             else:
                 if failed_event.status not in FailedEvent.OPEN:
                     raise NotReplayable(f"failed event {pk} is {failed_event.status}")
-                failed_event_archive(failed_event=failed_event, requested_by=request.user, via="admin")
+                failed_event_archive(failed_event=failed_event, requested_by=cast(User, request.user), via="admin")
                 self.message_user(request, f"Archived failed event #{pk}.")
         except NotReplayable as exc:
             self.message_user(request, f"Skipped: {exc}", messages.WARNING)
         return HttpResponseRedirect(back)
 
-    def group_view(self, request, key: str):
+    def group_view(self, request: HttpRequest, key: str) -> TemplateResponse:
         """One failure group, closed members included: its root cause, each status's count, and
         the progress of its replays (kept up to date by events/replay_progress.js)."""
         if not self.has_view_permission(request):
@@ -382,7 +399,7 @@ class FailedEventAdmin(admin.ModelAdmin):
         }
         return TemplateResponse(request, "admin/events/failedevent/group.html", context)
 
-    def group_progress_view(self, request, key: str):
+    def group_progress_view(self, request: HttpRequest, key: str) -> JsonResponse:
         """The group page's state as JSON, polled while a replay is under way."""
         if not self.has_view_permission(request):
             raise PermissionDenied
@@ -401,7 +418,7 @@ class FailedEventAdmin(admin.ModelAdmin):
             }
         )
 
-    def groups_view(self, request):
+    def groups_view(self, request: HttpRequest) -> TemplateResponse:
         if not self.has_view_permission(request):
             raise PermissionDenied
         groups = open_failure_groups()
@@ -416,7 +433,7 @@ class FailedEventAdmin(admin.ModelAdmin):
         }
         return TemplateResponse(request, "admin/events/failedevent/groups.html", context)
 
-    def group_action_view(self, request, key: str, action: str):
+    def group_action_view(self, request: HttpRequest, key: str, action: str) -> HttpResponseBase:
         if action not in ("replay", "archive"):
             raise Http404
         if not self.has_replay_permission(request):
@@ -439,32 +456,32 @@ class FailedEventAdmin(admin.ModelAdmin):
         group_url = reverse("admin:events_failedevent_group", args=[key])
         group_url += f"?{urlencode({'since': timezone.now().isoformat()})}" if action == "replay" else ""
         if group.count < GROUP_PROGRESS_FROM:
-            outcome = failure_group_apply(key=key, action=action, requested_by=request.user)
+            outcome = failure_group_apply(key=key, action=action, requested_by=cast(User, request.user))
             self.message_user(request, _group_summary(action, outcome), messages.SUCCESS)
             return HttpResponseRedirect(group_url)
-        return StreamingHttpResponse(_progress_page(key, request.user, action, group.count, group_url))
+        return StreamingHttpResponse(_progress_page(key, cast(User, request.user), action, group.count, group_url))
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None):
+    def has_change_permission(self, request: HttpRequest, obj: FailedEvent | None = None) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None):
+    def has_delete_permission(self, request: HttpRequest, obj: FailedEvent | None = None) -> bool:
         return False  # the audit trail of a failure stays; Archive stops tracking it
 
-    def has_replay_permission(self, request):
+    def has_replay_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("events.replay_failedevent")
 
-    def has_archive_permission(self, request):
+    def has_archive_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("events.replay_failedevent")
 
     @admin.action(description="Replay to their subscriber", permissions=["replay"])
-    def replay(self, request, queryset):
+    def replay(self, request: HttpRequest, queryset: QuerySet[FailedEvent]) -> None:
         replayed, skipped = 0, []
         for failed_event in queryset:
             try:
-                failed_event_replay(failed_event=failed_event, requested_by=request.user, via="admin")
+                failed_event_replay(failed_event=failed_event, requested_by=cast(User, request.user), via="admin")
                 replayed += 1
             except NotReplayable as exc:
                 skipped.append(str(exc))
@@ -473,13 +490,13 @@ class FailedEventAdmin(admin.ModelAdmin):
             self.message_user(request, f"Skipped: {reason}", messages.WARNING)
 
     @admin.action(description="Archive (stop tracking)", permissions=["archive"])
-    def archive(self, request, queryset):
+    def archive(self, request: HttpRequest, queryset: QuerySet[FailedEvent]) -> None:
         for failed_event in queryset:
-            failed_event_archive(failed_event=failed_event, requested_by=request.user, via="admin")
+            failed_event_archive(failed_event=failed_event, requested_by=cast(User, request.user), via="admin")
         self.message_user(request, f"Archived {queryset.count()} event(s).", messages.SUCCESS)
 
 
-def moment_ms(value) -> str:
+def moment_ms(value: datetime) -> str:
     local = timezone.localtime(value)
     return f"{local:%Y-%m-%d %H:%M:%S}.{local.microsecond // 1000:03d}"
 
@@ -490,7 +507,7 @@ def _group_summary(action: str, outcome: GroupOutcome) -> str:
     return f"{verb} {outcome.done} event(s){skipped}; each is audited on its failed event."
 
 
-def _progress_page(key: str, user, action: str, total: int, back_url: str) -> Iterator[str]:
+def _progress_page(key: str, user: User, action: str, total: int, back_url: str) -> Iterator[str]:
     """A plain page that grows as the group is worked through (a line per 100 events)."""
     title = f"{action.capitalize()} of {total} event(s)"
     yield f"<!doctype html><title>{escape(title)}</title><h1>{escape(title)}</h1>"

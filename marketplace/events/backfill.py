@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
+from django.db.models import QuerySet
 from django.utils import timezone
 from kombu import Connection, Producer
 
@@ -73,7 +75,7 @@ def backfill_events(
 
     published = 0
     with Connection(broker_url or settings.BROKER_URL, transport_options={"confirm_publish": True}) as connection:
-        channel = connection.default_channel
+        channel: Any = connection.default_channel  # py-amqp's Channel: kombu's StdChannel stub lacks queue_declare
         try:
             channel.queue_declare(subscriber.queue_name, passive=True)
         except connection.channel_errors as exc:
@@ -111,7 +113,7 @@ def backfill_events(
     return BackfillResult(subscriber.name, subscriber.queue_name, total, published, first_id, last_id)
 
 
-def _batches(events, batch_size: int) -> Iterator[list[tuple[int, dict]]]:
+def _batches(events: QuerySet[OutboxEvent], batch_size: int) -> Iterator[list[tuple[int, dict[str, Any]]]]:
     last_id = 0
     while True:
         batch = list(events.filter(id__gt=last_id).order_by("id").values_list("id", "envelope")[:batch_size])

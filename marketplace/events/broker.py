@@ -11,9 +11,10 @@ import contextlib
 import json
 import logging
 import time
+from typing import Any
 
 from django.conf import settings
-from kombu import Connection, Producer
+from kombu import Connection, Exchange, Producer
 
 from marketplace.events import topology
 
@@ -40,7 +41,7 @@ def connect_once(connection: Connection) -> Connection:
     return connection.ensure_connection(max_retries=max(len(connection.alt), 1) - 1)
 
 
-def event_message(envelope: dict) -> tuple[bytes, dict]:
+def event_message(envelope: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
     """Body and AMQP properties (headers included) of an event, as every publisher sends it:
     the on-commit publish, the relay and a backfill."""
     body = json.dumps(envelope, separators=(",", ":")).encode()
@@ -66,7 +67,7 @@ class BrokerPublisher:
         self.timeout = settings.EVENTS_PUBLISH_TIMEOUT if timeout is None else timeout
         self._connection: Connection | None = None
         self._producer: Producer | None = None
-        self._returned: set[str] = set()
+        self._returned: set[object] = set()  # message ids, and RETURNED_UNREADABLE
         self._blocked = False
 
     def broker_address(self) -> str:
@@ -120,14 +121,14 @@ class BrokerPublisher:
                 self._connection.drain_events(timeout=0)
         return self._blocked
 
-    def _on_return(self, exception, exchange, routing_key, message):
+    def _on_return(self, exception: Exception, exchange: Exchange | str, routing_key: str, message: Any) -> None:
         try:
             self._returned.add(str(message.properties["message_id"]))
         except Exception:  # a return we cannot attribute: every publish waiting on it counts as returned
             logger.exception("RabbitMQ returned a message without a readable message_id")
             self._returned.add(RETURNED_UNREADABLE)
 
-    def publish(self, envelope: dict) -> None:
+    def publish(self, envelope: dict[str, Any]) -> None:
         """Publish one envelope and wait for the broker's confirm; raise on any failure.
 
         A cached connection may have gone stale (the broker restarted since the last publish), so
@@ -144,7 +145,7 @@ class BrokerPublisher:
             logger.info("broker connection went stale; publishing event %s on a new one", envelope["id"])
             self._publish_once(envelope)
 
-    def _publish_once(self, envelope: dict) -> None:
+    def _publish_once(self, envelope: dict[str, Any]) -> None:
         producer = self._ensure_producer()
         event_id = envelope["id"]
         self._returned.discard(event_id)

@@ -20,9 +20,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from amqp.exceptions import ConsumerCancelled
+from celery import Celery
 from celery.exceptions import NotRegistered
 from celery.worker.consumer import Consumer
 from kombu.utils.json import dumps
@@ -38,7 +41,7 @@ logger = logging.getLogger(__name__)
 ARGSREPR_BYTES = 1024  # Celery's own default argsrepr size
 
 
-def _utf8_json(message, envelope: dict) -> bytes:
+def _utf8_json(message: Any, envelope: dict[str, Any]) -> bytes:
     """The event as UTF-8 JSON text: the delivered bytes themselves when they are that already."""
     if isinstance(message.body, bytes) and (message.content_encoding or "utf-8").lower() in ("utf-8", "utf8"):
         return message.body
@@ -50,19 +53,23 @@ class NotAnEvent(ValueError):
 
 
 class EventConsumer(Consumer):
-    class Blueprint(Consumer.Blueprint):
+    # Set by Celery (the Tasks bootstep, the connection): not in celery-types' Consumer stub.
+    task_consumer: Any
+    connection_errors: tuple[type[BaseException], ...]
+
+    class Blueprint(Consumer.Blueprint):  # type: ignore[misc,valid-type]  # a class; the stub declares a variable
         # Retries wait in our own TTL retry queues (topology.py); Celery's native delayed delivery
         # would only declare 28 exchanges and queues that nothing uses.
         default_steps = internal_celery.without_step(Consumer.Blueprint.default_steps, "DelayedDelivery")
 
-    def create_task_handler(self, *args, **kwargs):
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[..., Any]:
         on_task_received = super().create_task_handler(*args, **kwargs)
         # Called as the worker starts consuming, on every (re)connection: bodies stay the bytes
         # that were sent, so a message dead-lettered from here is recorded byte for byte.
         if self.task_consumer is not None:
             internal_amqp.raw_bodies(self.task_consumer.channel)
 
-        def on_message(message):
+        def on_message(message: Any) -> Any:
             try:
                 subscriber = None if "task" in (message.headers or {}) else self._subscriber_of(message)
                 if subscriber is not None and not self._adopt(subscriber, message):
@@ -78,14 +85,14 @@ class EventConsumer(Consumer):
 
         return on_message
 
-    def _settle_unexpected(self, message, exc: Exception):
+    def _settle_unexpected(self, message: Any, exc: Exception) -> None:
         subscriber = self._subscriber_of(message)
         if subscriber is None:
             logger.exception("a message the worker cannot read; rejecting it")
-            return message.reject(requeue=False)
+            return message.reject(requeue=False)  # type: ignore[no-any-return]  # Message.reject returns None
         return self._dead_letter(subscriber, message, exc)
 
-    def _adopt(self, subscriber: topology.Subscriber, message) -> bool:
+    def _adopt(self, subscriber: topology.Subscriber, message: Any) -> bool:
         """Turn a raw event into a task message in place; False if it was settled here instead."""
         try:
             envelope = message.decode()
@@ -120,7 +127,7 @@ class EventConsumer(Consumer):
         internal_kombu.forget_decoded_payload(message)
         return True
 
-    def on_connection_error_after_connected(self, exc):
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
         if isinstance(exc, ConsumerCancelled):
             # RabbitMQ cancels a consumer whose queue was deleted. The worker re-declares the queue
             # (with its fanout binding) as it reconnects; what the fanout published meanwhile is gone.
@@ -128,31 +135,31 @@ class EventConsumer(Consumer):
                 threading.Thread(target=recover_lost_queue, args=(self.app, subscriber), daemon=True).start()
         return super().on_connection_error_after_connected(exc)
 
-    def _cancelled_subscribers(self, exc) -> list[topology.Subscriber]:
+    def _cancelled_subscribers(self, exc: ConsumerCancelled) -> list[topology.Subscriber]:
         tags = internal_kombu.active_tags(self.task_consumer)
         names = [queue for queue, tag in tags.items() if tag in exc.args] or list(tags)
         return [s for s in map(topology.subscriber_for_queue, names) if s is not None]
 
-    def on_decode_error(self, message, exc):
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
         subscriber = self._subscriber_of(message)
         if subscriber is None:
             return super().on_decode_error(message, exc)
         return self._dead_letter(subscriber, message, exc)
 
-    def on_unknown_task(self, body, message, exc):
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
         subscriber = self._subscriber_of(message)
         if subscriber is None:
             return super().on_unknown_task(body, message, exc)
         name = (message.headers or {}).get("task")
         return self._dead_letter(subscriber, message, NotRegistered(f"{name!r} is not a task of {subscriber.name}"))
 
-    def on_invalid_task(self, body, message, exc):
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
         subscriber = self._subscriber_of(message)
         if subscriber is None:
             return super().on_invalid_task(body, message, exc)
         return self._dead_letter(subscriber, message, exc)
 
-    def _dead_letter(self, subscriber, message, exc):
+    def _dead_letter(self, subscriber: topology.Subscriber, message: Any, exc: BaseException) -> None:
         # Imported here: the worker loads this class before Django's app registry is ready.
         from marketplace.celery import confirming_producer
         from marketplace.events import dead_letters
@@ -170,19 +177,19 @@ class EventConsumer(Consumer):
         except self.connection_errors:
             # Back to the queue (counted against its delivery limit) to be tried again.
             logger.warning("could not dead-letter a message of %s; returning it to the queue", subscriber.name)
-            return message.reject(requeue=True)
+            return message.reject(requeue=True)  # type: ignore[no-any-return]  # Message.reject returns None
         except Exception:
             # RabbitMQ dead-letters it itself (at least once); only the reason is lost.
             logger.exception("could not dead-letter a message of %s; rejecting it", subscriber.name)
-            return message.reject(requeue=False)
+            return message.reject(requeue=False)  # type: ignore[no-any-return]  # Message.reject returns None
         message.ack()
 
-    def _subscriber_of(self, message) -> topology.Subscriber | None:
+    def _subscriber_of(self, message: Any) -> topology.Subscriber | None:
         queue_name = internal_kombu.queue_of_consumer_tag(self.task_consumer, message.delivery_info.get("consumer_tag"))
         return topology.subscriber_for_queue(queue_name) if queue_name else None
 
 
-def recover_lost_queue(app, subscriber: topology.Subscriber) -> None:
+def recover_lost_queue(app: Celery, subscriber: topology.Subscriber) -> None:
     """Alert, wait for the queue to be back, then backfill the events it may have missed."""
     from django.conf import settings
     from django.core.mail import mail_admins
@@ -224,7 +231,7 @@ def recover_lost_queue(app, subscriber: topology.Subscriber) -> None:
     )
 
 
-def _wait_for_queue(app, subscriber: topology.Subscriber, timeout: float = 120.0) -> None:
+def _wait_for_queue(app: Celery, subscriber: topology.Subscriber, timeout: float = 120.0) -> None:
     from marketplace.events.topology_check import exists
 
     deadline = time.monotonic() + timeout

@@ -33,7 +33,7 @@ from django.db import connection as db_connection
 from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
-from kombu import Connection, Producer
+from kombu import Connection, Producer, Queue
 
 from marketplace.events import topology
 from marketplace.events.failure_groups import grouping_fields
@@ -69,7 +69,7 @@ KEPT_PROPERTIES = ("message_id", "correlation_id", "type", "app_id", "timestamp"
 NOT_STORED_HEADERS = frozenset({TRACEBACK, "argsrepr", "kwargsrepr"})
 
 
-def publish_raw(producer: Producer, message, *, subscriber: topology.Subscriber, headers: dict[str, Any]) -> None:
+def publish_raw(producer: Producer, message: Any, *, subscriber: topology.Subscriber, headers: dict[str, Any]) -> None:
     """Dead-letter a message exactly as received (body bytes and properties), adding ``headers``."""
     republish(
         producer,
@@ -83,7 +83,9 @@ def publish_raw(producer: Producer, message, *, subscriber: topology.Subscriber,
     )
 
 
-def republish(producer: Producer, message, *, exchange: str, routing_key: str, headers: dict[str, Any], **options):
+def republish(
+    producer: Producer, message: Any, *, exchange: str, routing_key: str, headers: dict[str, Any], **options: Any
+) -> None:
     """Publish a received message again, byte for byte with its properties, under ``headers``."""
     properties = message.properties or {}
     producer.publish(
@@ -151,7 +153,8 @@ def safe_json(value: Any) -> Any:
 def jsonable_headers(headers: dict[str, Any]) -> dict[str, Any]:
     """The headers as JSON PostgreSQL can hold, whatever AMQP types they arrived as (bytes keys and
     values, decimals, timestamps, nested tables and arrays)."""
-    return json.loads(safe_text(json.dumps(_jsonable(headers), default=str)))
+    jsonable: dict[str, Any] = json.loads(safe_text(json.dumps(_jsonable(headers), default=str)))
+    return jsonable
 
 
 def _jsonable(value: Any, depth: int = 0) -> Any:
@@ -197,9 +200,9 @@ def dead_letter_key(body: bytes, headers: dict[str, Any]) -> str:
     return hashlib.sha256(body + marker.encode("utf-8", errors="backslashreplace")).hexdigest()
 
 
-def body_bytes(message) -> bytes:
+def body_bytes(message: Any) -> bytes:
     """The body as sent: py-amqp hands a text body over already decoded by its content encoding."""
-    body = message.body
+    body: bytes | str = message.body
     if isinstance(body, bytes):
         return body
     try:
@@ -427,7 +430,7 @@ def write_failures(failures: list[Failure], alerts: Alerts) -> list[bool]:
 
 
 @functools.cache
-def _upsert_statement(has_event_id: bool) -> tuple[str, list[models.Field]]:
+def _upsert_statement(has_event_id: bool) -> tuple[str, list[models.Field[Any, Any]]]:
     """INSERT the record, or update the one of the same (subscriber, event id), or for a message
     without an id the same (subscriber, body digest), unless it holds this very dead-lettering.
     RETURNING (id, inserted) for a write, nothing when it was recorded already. One statement:
@@ -459,7 +462,7 @@ class Alerts:
     group, saying how many failed since the last one. A backlog of 10,000 dead letters from one
     outage is one email, not 10,000 (each its own SMTP session in the recorder's loop)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._waiting: dict[str, list[Failure]] = {}
         self._last_sent: dict[str, float] = {}
 
@@ -509,7 +512,7 @@ def parse_time(value: Any) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def park(connection: Connection, message, *, reason: str) -> None:
+def park(connection: Connection, message: Any, *, reason: str) -> None:
     """Set a message aside in the parked queue, with why, and alert: for what cannot be recorded.
 
     Published with the message's bytes and, where they can be written back, its headers; raises
@@ -595,7 +598,10 @@ def compact(connection: Connection, subscriber: topology.Subscriber) -> int:
 def _may_hold_unrecorded(connection: Connection, subscriber: topology.Subscriber) -> bool:
     """More messages in ``.dead`` than open failures say are there, with the recorder's inbox
     empty (a backlog there explains the difference until it is recorded)."""
-    channel = connection.channel()
+    # A py-amqp Channel: kombu's StdChannel stub has none of its methods, amqp-stubs' queue_declare returns None.
+    channel: Any = connection.channel()
+    depth: int  # message counts of the passive declares
+    inbox: int
     try:
         _, depth, _ = channel.queue_declare(queue=subscriber.dead_letter_queue_name, passive=True)
         if not depth:
@@ -620,10 +626,13 @@ def _locked_for_compaction(subscriber: topology.Subscriber) -> bool:
     key = int.from_bytes(hashlib.sha256(subscriber.dead_letter_queue_name.encode()).digest()[:8], "big") >> 1
     with db_connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [key])
-        return cursor.fetchone()[0]
+        locked: bool = cursor.fetchone()[0]
+        return locked
 
 
-def _compaction_pass(channel, subscriber: topology.Subscriber, broker_errors: tuple[type[Exception], ...]) -> int:
+def _compaction_pass(
+    channel: Any, subscriber: topology.Subscriber, broker_errors: tuple[type[BaseException], ...]
+) -> int:
     queue = subscriber.dead_letter_queue(channel)
     _, depth, _ = channel.queue_declare(queue=queue.name, passive=True)
     producer = Producer(channel)  # the recorder's connection confirms every publish
@@ -649,11 +658,11 @@ def _compaction_pass(channel, subscriber: topology.Subscriber, broker_errors: tu
 
 def _compact_one(
     producer: Producer,
-    queue,
-    message,
+    queue: Queue,
+    message: Any,
     subscriber: topology.Subscriber,
     kept: set[str],
-    broker_errors: tuple[type[Exception], ...],
+    broker_errors: tuple[type[BaseException], ...],
 ) -> int:
     headers = message.headers if isinstance(message.headers, dict) else {}
     body = body_bytes(message)

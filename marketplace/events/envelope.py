@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastjsonschema
 from django.conf import settings
@@ -60,7 +60,7 @@ def deployment() -> str:
     identity (name, the PostgreSQL cluster's system identifier, the database's OID), so that a
     new database is a new deployment without anyone naming it. Every event carries it."""
     if settings.EVENTS_DEPLOYMENT:
-        return settings.EVENTS_DEPLOYMENT
+        return cast(str, settings.EVENTS_DEPLOYMENT)
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_database(), oid FROM pg_database WHERE datname = current_database()")
         name, oid = cursor.fetchone()
@@ -126,6 +126,6 @@ def validate_envelope(envelope: Any) -> dict[str, Any]:
     except fastjsonschema.JsonSchemaValueException as exc:
         # exc.path starts at the root, which fastjsonschema calls "data": drop it.
         where = "/".join(exc.path[1:]) or "(root)"
-        detail = exc.message.removeprefix(exc.name).strip()
+        detail = exc.message.removeprefix(exc.name).strip()  # type: ignore[arg-type]  # compiled validators set name
         raise InvalidEnvelope(f"{event_type} v{version} fails its schema at {where}: {detail}") from exc
     return envelope

@@ -30,7 +30,7 @@ _ROOT_CAUSE = re.compile(rf"{ROOT_CAUSE_PREFIX}(?P<exception_class>[\w.]+): (?P<
 # A URL: its scheme and host (with the port) name the downstream and are kept; its path and query
 # vary per resource and are masked, and so are credentials in it.
 _URL = re.compile(r"\b(?P<scheme>https?://)(?P<userinfo>[^/\s'\"<>@]*@)?(?P<host>[^/\s'\"<>]+)(?P<rest>[^\s'\"<>]*)")
-_MASKS: list[tuple[re.Pattern, str]] = [
+_MASKS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"), "<uuid>"),
     (re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+"), "<email>"),
     (re.compile(r"\b0x[0-9a-fA-F]+\b"), "<hex>"),

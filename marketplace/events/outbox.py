@@ -60,7 +60,7 @@ class PublishResult:
 
 
 def publish_rows(
-    rows: list[tuple[int, dict]], publisher: BrokerPublisher, *, deadline: float | None = None
+    rows: list[tuple[int, dict[str, Any]]], publisher: BrokerPublisher, *, deadline: float | None = None
 ) -> list[PublishResult]:
     """Publish (outbox id, envelope) pairs in order; record every outcome on the rows.
 
@@ -147,13 +147,13 @@ class OnCommitPublisher:
         self._reset()
 
     def _reset(self) -> None:
-        self._rows: queue.SimpleQueue = queue.SimpleQueue()
+        self._rows: queue.SimpleQueue[tuple[int, dict[str, Any]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._submitted = self._handled = 0
         self.cooldown_until = 0.0
 
-    def submit(self, outbox_id: int, envelope: dict) -> None:
+    def submit(self, outbox_id: int, envelope: dict[str, Any]) -> None:
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent's thread did not come along
                 self._reset()
@@ -207,7 +207,7 @@ class OnCommitPublisher:
             broker.close()
             connection.close()
 
-    def _publish(self, rows: list[tuple[int, dict]], broker: BrokerPublisher) -> None:
+    def _publish(self, rows: list[tuple[int, dict[str, Any]]], broker: BrokerPublisher) -> None:
         connection.close_if_unusable_or_obsolete()
         if time.monotonic() < self.cooldown_until or broker.is_blocked():
             _release([outbox_id for outbox_id, _ in rows])
@@ -228,12 +228,12 @@ on_commit_publisher = OnCommitPublisher()
 atexit.register(on_commit_publisher.stop)
 
 
-def publish_after_commit(outbox_id: int, envelope: dict) -> None:
+def publish_after_commit(outbox_id: int, envelope: dict[str, Any]) -> None:
     """Run by ``transaction.on_commit``: hand the row to this process's publisher thread."""
     on_commit_publisher.submit(outbox_id, envelope)
 
 
-def claim_batch(limit: int) -> list[tuple[int, dict]]:
+def claim_batch(limit: int) -> list[tuple[int, dict[str, Any]]]:
     """Claim up to ``limit`` publishable rows, oldest first; the claim commits before any publish."""
     now = timezone.now()
     with transaction.atomic():

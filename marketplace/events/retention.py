@@ -33,6 +33,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import models, transaction
@@ -190,7 +191,9 @@ def prune_events(
     cutoffs = horizons(now=now or timezone.now())
     compacted = compact_dead_letter_queues() if compact and not dry_run else None
 
-    def run(table: str, candidates: models.QuerySet, cutoff: datetime, *, newer=None) -> TableResult:
+    def run(
+        table: str, candidates: models.QuerySet[Any], cutoff: datetime, *, newer: models.QuerySet[Any] | None = None
+    ) -> TableResult:
         below = _first_id(newer)
         return _prune(
             table, candidates, cutoff=cutoff, below=below, batch_size=batch_size, dry_run=dry_run, progress=progress
@@ -218,7 +221,7 @@ def prune_events(
     return PruneResult(tables=tables, dry_run=dry_run, compacted=compacted)
 
 
-def _first_id(newer: models.QuerySet | None) -> int | None:
+def _first_id(newer: models.QuerySet[Any] | None) -> int | None:
     """An id below which (nearly) every row is older than the cutoff: ids grow with time.
 
     Rows above it that are old anyway (committed out of order) are simply left for the next run.
@@ -228,7 +231,7 @@ def _first_id(newer: models.QuerySet | None) -> int | None:
 
 def _prune(
     table: str,
-    candidates: models.QuerySet,
+    candidates: models.QuerySet[Any],
     *,
     cutoff: datetime,
     below: int | None,

@@ -2,10 +2,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TypeAlias
 
-from django.contrib.auth.base_user import AbstractBaseUser
-from django.contrib.auth.models import AnonymousUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -14,15 +12,12 @@ from marketplace.events import headers as message_headers
 from marketplace.events import topology
 from marketplace.events.models import FailedEvent, FailedEventReplay
 
-# Who asked, as the admin has it (request.user); None for a management command.
-Requester: TypeAlias = AbstractBaseUser | AnonymousUser | None
-
 
 class NotReplayable(Exception):
     pass
 
 
-def failed_event_replay(*, failed_event: FailedEvent, requested_by: Requester = None, via: str) -> None:
+def failed_event_replay(*, failed_event: FailedEvent, requested_by: User | None = None, via: str) -> None:
     """Send the event to its subscriber's own queue again (never through the fanout exchange).
 
     The replay takes the failure out of the dead-letter queue (the recorder removes its message
@@ -55,7 +50,7 @@ def failed_event_replay(*, failed_event: FailedEvent, requested_by: Requester = 
     failed_event.status = FailedEvent.Status.REPLAYING
 
 
-def failed_event_archive(*, failed_event: FailedEvent, requested_by: Requester = None, via: str = "admin") -> None:
+def failed_event_archive(*, failed_event: FailedEvent, requested_by: User | None = None, via: str = "admin") -> None:
     """Stop tracking a failure; the recorder removes its message from the dead-letter queue."""
     with transaction.atomic():
         FailedEvent.objects.filter(pk=failed_event.pk).mark_archived()
@@ -85,7 +80,7 @@ class GroupOutcome:
     skipped: int = 0
 
 
-def failure_group_steps(*, key: str, action: str, requested_by: Requester = None) -> Iterator[GroupOutcome]:
+def failure_group_steps(*, key: str, action: str, requested_by: User | None = None) -> Iterator[GroupOutcome]:
     """Replay (the failed members not already replaying) or archive (every open member) of a
     failure group, one event at a time, each audited on its own; yields the running tally."""
     outcome = GroupOutcome()
@@ -103,7 +98,7 @@ def failure_group_steps(*, key: str, action: str, requested_by: Requester = None
         yield outcome
 
 
-def failure_group_apply(*, key: str, action: str, requested_by: Requester = None) -> GroupOutcome:
+def failure_group_apply(*, key: str, action: str, requested_by: User | None = None) -> GroupOutcome:
     """failure_group_steps run to the end: the final tally."""
     outcome = GroupOutcome()
     for outcome in failure_group_steps(key=key, action=action, requested_by=requested_by):  # noqa: B007

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from celery import Task
 from celery.exceptions import Reject, Retry
@@ -60,24 +60,27 @@ def insert_once(row: models.Model, *, unless: Mapping[str, Any] | None = None) -
     sql, fields, condition_fields = _insert_once_statement(type(row), conditions)
     params = [field.get_db_prep_save(field.pre_save(row, add=True), connection) for field in fields]
     for name, field in zip(conditions, condition_fields, strict=True):
+        assert unless is not None  # conditions are its keys
         if unless[name] is None:
             raise ValueError(f"insert_once: unless={{{name!r}: None}} would never match a row")
         params.append(field.get_db_prep_value(unless[name], connection))
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.rowcount == 1
+        inserted: bool = cursor.rowcount == 1
+        return inserted
 
 
 @functools.cache
 def _insert_once_statement(
     model: type[models.Model], conditions: tuple[str, ...]
-) -> tuple[str, list[models.Field], list[models.Field]]:
+) -> tuple[str, list[models.Field[Any, Any]], list[models.Field[Any, Any]]]:
     connection = transaction.get_connection()
     quote = connection.ops.quote_name
     table = quote(model._meta.db_table)
     fields = [field for field in model._meta.concrete_fields if not field.primary_key]
     columns = ", ".join(quote(field.column) for field in fields)
-    condition_fields = [model._meta.get_field(name) for name in conditions]
+    # ``unless`` names the model's own columns, never a reverse relation.
+    condition_fields = [cast("models.Field[Any, Any]", model._meta.get_field(name)) for name in conditions]
     if not condition_fields:
         source = f"VALUES ({', '.join(['%s'] * len(fields))})"
     else:
@@ -88,7 +91,7 @@ def _insert_once_statement(
     return f"INSERT INTO {table} ({columns}) {source} ON CONFLICT DO NOTHING", fields, condition_fields
 
 
-class SubscriberTask(Task):
+class SubscriberTask(Task[Any, Any]):
     """Base for subscriber tasks: where a failed attempt goes next.
 
     - our own database unavailable: wait SUBSCRIBER_INFRA_RETRY_SECONDS in the retry queue,
@@ -103,6 +106,7 @@ class SubscriberTask(Task):
 
     subscriber: str = ""
     acks_late = True
+    attempt_started: float  # set by the task function when an attempt starts
 
     def handle(self, exc: BaseException) -> NoReturn:
         try:
@@ -115,7 +119,7 @@ class SubscriberTask(Task):
             # Never acknowledge a message whose failure we could not route (its retry-state
             # headers were not ours, say): RabbitMQ dead-letters it instead, and it is recorded.
             logger.exception("%s: could not route the failure of %s; rejecting it", self.name, self.request.id)
-            raise Reject(exc, requeue=False) from unexpected
+            raise Reject(exc, requeue=False) from unexpected  # type: ignore[arg-type]  # stub: any exception is a reason
 
     def _route_failure(self, exc: BaseException) -> NoReturn:
         request = self.request
@@ -174,11 +178,12 @@ class SubscriberTask(Task):
         except Exception:  # best effort: the message is settled already, whatever its headers hold
             logger.warning("could not record the delivery attempt of %s", request.id, exc_info=True)
 
-    def _may_wait_for_infrastructure(self, request) -> bool:
+    def _may_wait_for_infrastructure(self, request: Any) -> bool:
         since = dead_letters.parse_time(_header(request, message_headers.WAITING_SINCE, None))
         if since is None:
             return True
-        return (timezone.now() - since).total_seconds() < settings.SUBSCRIBER_INFRA_RETRY_MAX_SECONDS
+        limit: float = settings.SUBSCRIBER_INFRA_RETRY_MAX_SECONDS
+        return (timezone.now() - since).total_seconds() < limit
 
     def _retry_in(self, delay: int, exc: BaseException, headers: dict[str, Any]) -> Retry:
         subscriber = topology.subscriber_named(self.subscriber)
@@ -193,9 +198,9 @@ class SubscriberTask(Task):
         except Exception as publish_error:
             # Not acknowledged: back to its queue (counted against the delivery limit), never lost.
             logger.warning("could not publish the retry of %s (%s); returning it", self.request.id, publish_error)
-            raise Reject(exc, requeue=True) from publish_error
+            raise Reject(exc, requeue=True) from publish_error  # type: ignore[arg-type]  # stub: any exception is a reason
         metrics.count_retried(self.subscriber)
-        return Retry(exc=exc, when=delay)
+        return Retry(exc=exc, when=delay)  # type: ignore[arg-type]  # stub: Exception and numbers.Real; any exc, int work
 
     def _dead_letter(self, exc: BaseException, headers: dict[str, Any], first_failed_at: str) -> None:
         subscriber = topology.subscriber_named(self.subscriber)
@@ -224,9 +229,9 @@ class SubscriberTask(Task):
         except Exception:
             # RabbitMQ dead-letters it itself (at least once): the record loses only the exception.
             logger.exception("could not publish the dead letter of %s; rejecting it instead", self.request.id)
-            raise Reject(exc, requeue=False) from exc
+            raise Reject(exc, requeue=False) from exc  # type: ignore[arg-type]  # stub: any exception is a reason
 
-    def on_success(self, retval, task_id, args, kwargs):
+    def on_success(self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         metrics.count_processed(self.subscriber)
         replay_of = _header(self.request, message_headers.REPLAY_OF, "")
         if not replay_of and not self.request.retries:
@@ -241,17 +246,17 @@ class SubscriberTask(Task):
             logger.exception("replay of failed event %s succeeded but could not be marked resolved", replay_of)
 
 
-def _header(request, name: str, default: Any) -> Any:
+def _header(request: Any, name: str, default: Any) -> Any:
     value = internal_celery.request_header(request, name)
     return default if value is None else value
 
 
-def _count(request, name: str) -> int:
+def _count(request: Any, name: str) -> int:
     """A retry-state count the message carries; 0 when it is not one a count can be."""
     return dead_letters.header_int({name: internal_celery.request_header(request, name)}, name)
 
 
-def subscriber_task(name: str, handlers: Mapping[str, Callable[..., Any]]) -> Task:
+def subscriber_task(name: str, handlers: Mapping[str, Callable[..., Any]]) -> Task[Any, Any]:
     """Declare the Celery task of subscriber ``name`` (see topology.SUBSCRIBERS).
 
     ``handlers`` maps each event type the subscriber acts on (exactly its ``event_types`` in the
@@ -288,4 +293,4 @@ def subscriber_task(name: str, handlers: Mapping[str, Callable[..., Any]]) -> Ta
         for event_type, handler in handlers.items()
         if handler.__doc__
     )
-    return app.task(task, name=subscriber.task, base=SubscriberTask, bind=True, subscriber=name)
+    return app.task(task, name=subscriber.task, base=SubscriberTask, bind=True, subscriber=name)  # type: ignore[call-overload,no-any-return]  # stub: fun with options is missing

@@ -32,7 +32,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from kombu import Connection, Exchange, Queue, binding
 
@@ -229,7 +228,7 @@ def declare(connection: Connection, retry_delays: dict[str, tuple[int, ...]] | N
         _declare(connection, f"queue {queue.name!r}", lambda ch, q=queue: q(ch).declare())
 
 
-def _declare(connection: Connection, what: str, declare_on: Callable[[Any], object]) -> None:
+def _declare(connection: Connection, what: str, declare_on: Callable[..., object]) -> None:
     try:
         declare_on(connection.default_channel)
     except connection.channel_errors as exc:
@@ -253,8 +252,7 @@ def all_queues(retry_delays: dict[str, tuple[int, ...]] | None = None) -> list[Q
 
 def queue_bindings(queue: Queue) -> set[tuple[str, str]]:
     """(exchange, routing key) of every binding that declaring ``queue`` creates."""
-    pairs = {(b.exchange.name, b.routing_key or "") for b in queue.bindings}
-    exchange = queue.exchange
-    if exchange is not None and exchange.name:
-        pairs.add((exchange.name, queue.routing_key or ""))
+    pairs = {(b.exchange.name, b.routing_key or "") for b in queue.bindings}  # type: ignore[union-attr]  # each binding here names its exchange
+    if queue.exchange is not None and queue.exchange.name:
+        pairs.add((queue.exchange.name, queue.routing_key or ""))
     return pairs

@@ -72,21 +72,21 @@ class ManagementApi:
         ):
             httpx.put(self.url + path, json=body, auth=self.auth, timeout=self.timeout).raise_for_status()
 
-    def queue(self, vhost: str, name: str) -> dict | None:
+    def queue(self, vhost: str, name: str) -> dict[str, Any] | None:
         return self.get(f"queues/{_quote(vhost)}/{_quote(name)}")
 
-    def queues(self, vhost: str) -> dict[str, dict]:
+    def queues(self, vhost: str) -> dict[str, dict[str, Any]]:
         rows = self.get(f"queues/{_quote(vhost)}?columns=name,type,arguments") or []
         return {row["name"]: row for row in rows}
 
-    def exchanges(self, vhost: str) -> dict[str, dict]:
+    def exchanges(self, vhost: str) -> dict[str, dict[str, Any]]:
         rows = self.get(f"exchanges/{_quote(vhost)}?columns=name,type") or []
         return {row["name"]: row for row in rows}
 
-    def bindings_from(self, vhost: str, exchange: str) -> list[dict]:
+    def bindings_from(self, vhost: str, exchange: str) -> list[dict[str, Any]]:
         return self.get(f"exchanges/{_quote(vhost)}/{_quote(exchange)}/bindings/source") or []
 
-    def bindings_to(self, vhost: str, queue: str) -> list[dict]:
+    def bindings_to(self, vhost: str, queue: str) -> list[dict[str, Any]]:
         """Bindings of ``queue``, without the default exchange's implicit one."""
         return [b for b in self.get(f"queues/{_quote(vhost)}/{_quote(queue)}/bindings") or [] if b["source"]]
 
@@ -95,9 +95,9 @@ def _quote(name: str) -> str:
     return quote(name, safe="")
 
 
-def exists(connection: Connection, declare_passively: Callable[[Any], Any]) -> bool:
+def exists(connection: Connection, declare_passively: Callable[..., Any]) -> bool:
     """Passive declare on a fresh channel: True if the entity exists, False on NOT_FOUND."""
-    channel = connection.channel()
+    channel: Any = connection.channel()  # py-amqp's Channel: kombu's StdChannel stub lacks close
     try:
         declare_passively(channel)
         return True
@@ -208,8 +208,9 @@ def _name(subscriber: topology.Subscriber | None) -> str | None:
     return subscriber.name if subscriber else None
 
 
-def _argument_differences(actual: dict, queue: Queue) -> str:
+def _argument_differences(actual: dict[str, Any], queue: Queue) -> str:
     have, want = actual.get("arguments", {}), queue.queue_arguments
+    assert want is not None  # topology.py declares every queue with arguments
     differing = sorted(name for name in {*have, *want} if have.get(name) != want.get(name))
     details = ", ".join(f"{name}={have.get(name)!r} (want {want.get(name)!r})" for name in differing)
     hint = (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import amqp
 import httpx
@@ -69,7 +70,7 @@ def migrate_topology(
     ]
     # Consumer counts from the broker itself (the management API's lag by its statistics interval).
     consumers = {
-        name: connection.default_channel.queue_declare(name, passive=True).consumer_count
+        name: connection.default_channel.queue_declare(name, passive=True).consumer_count  # type: ignore[attr-defined]  # py-amqp Channel
         for q in to_migrate
         for name in (q.name, migration_queue_name(q.name))
         if name in actual
@@ -89,12 +90,18 @@ def migrate_topology(
 
 
 def _migrate_queue(
-    connection: Connection, api: ManagementApi, vhost: str, queue: Queue, actual: dict | None, report
+    connection: Connection,
+    api: ManagementApi,
+    vhost: str,
+    queue: Queue,
+    actual: dict[str, Any] | None,
+    report: Callable[[str], None],
 ) -> None:
     holding = migration_queue_name(queue.name)
     wanted_bindings = sorted(topology.queue_bindings(queue))
     if actual is not None and actual.get("arguments", {}) != queue.queue_arguments:
-        channel = connection.default_channel
+        # py-amqp's Channel: kombu's StdChannel stub has none of its queue methods.
+        channel: Any = connection.default_channel
         count = channel.queue_declare(queue.name, passive=True).message_count
         report(
             f"{queue.name}: {actual.get('type')} queue with {count} message(s) "
@@ -133,7 +140,7 @@ def _move_all_then_delete(
     moved = 0
     for _ in range(attempts):
         moved += _move_messages(connection, source, target)
-        channel = connection.channel()
+        channel: Any = connection.channel()  # py-amqp's Channel (kombu's StdChannel stub lacks its methods)
         try:
             if source_type == "classic":
                 channel.queue_delete(source, if_empty=True)
@@ -158,7 +165,7 @@ def _move_messages(connection: Connection, source: str, target: str) -> int:
     Body, properties and headers are kept as they are. A message is acknowledged on ``source``
     only after ``target`` confirmed it, so a failure leaves it in ``source`` (at worst in both).
     """
-    channel = connection.channel()
+    channel: Any = connection.channel()  # py-amqp's Channel (kombu's StdChannel stub lacks its methods)
     channel.auto_decode = False  # the body is republished byte for byte
     returned: list[str] = []
     channel.events["basic_return"].add(lambda exc, exchange, routing_key, message: returned.append(str(exc)))
@@ -177,7 +184,7 @@ def _move_messages(connection: Connection, source: str, target: str) -> int:
     return moved
 
 
-def _close_quietly(channel) -> None:
+def _close_quietly(channel: Any) -> None:
     try:
         channel.close()
     except Exception:

@@ -6,6 +6,8 @@ markers, failed events, delivery attempts), so tracing costs the hot path nothin
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -39,7 +41,7 @@ class NumberedAttempt:
         return self.attempt.error.partition("\n")[2]
 
 
-def numbered(attempts) -> list[NumberedAttempt]:
+def numbered(attempts: Iterable[DeliveryAttempt]) -> list[NumberedAttempt]:
     return [NumberedAttempt(number, attempt) for number, attempt in enumerate(attempts, start=1)]
 
 
@@ -79,7 +81,7 @@ class EventTrace:
     links: list[tuple[str, str]]
 
 
-def trace_link(event_id, text: str | None = None) -> str:
+def trace_link(event_id: uuid.UUID | str, text: str | None = None) -> str:
     """An admin link to the event's trace, for any app's admin (showing the event id by default)."""
     return format_html('<a href="{}">{}</a>', reverse("admin:events_trace_event", args=[event_id]), text or event_id)
 

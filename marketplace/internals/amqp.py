@@ -45,7 +45,7 @@ def tolerant_properties(buf: Any, offset: int) -> tuple[dict[str, Any], int]:
 _decode_properties_basic = serialization.decode_properties_basic
 
 
-def raw_bodies(channel):
+def raw_bodies(channel: Any) -> Any:
     """``channel``, set to hand over every body as the bytes that were sent. By default py-amqp
     decodes a body by its content encoding (when it can), and encoding it back does not always
     give those bytes (utf-16 gains a byte-order mark): who records a message must keep it exact.
@@ -56,4 +56,5 @@ def raw_bodies(channel):
 
 def install() -> None:
     """Idempotent; every process that reads messages calls it once (marketplace/celery.py)."""
-    serialization.PROPERTY_CLASSES[Basic.CLASS_ID] = tolerant_properties
+    # amqp-stubs declare the table as {class id: properties class}; py-amqp holds decoder functions there.
+    serialization.PROPERTY_CLASSES[Basic.CLASS_ID] = tolerant_properties  # type: ignore[assignment]  # stub: decoders, not classes

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from kombu.utils.json import dumps
 
 
-def without_step(steps: tuple[str, ...] | list[str], name: str) -> list[str]:
+def without_step(steps: Iterable[str], name: str) -> list[str]:
     """A Blueprint's ``default_steps`` without the step class ``name`` (e.g. "DelayedDelivery").
 
     Celery includes its native delayed delivery step whenever it detects quorum queues, and
@@ -17,7 +18,9 @@ def without_step(steps: tuple[str, ...] | list[str], name: str) -> list[str]:
     return [step for step in steps if not step.endswith(f":{name}")]
 
 
-def task_message_body(app: Any, task_id: str, task_name: str, *, args_json: bytes, **options: Any):
+def task_message_body(
+    app: Any, task_id: str, task_name: str, *, args_json: bytes, **options: Any
+) -> tuple[dict[str, Any], bytes]:
     """(headers, body) of a protocol-2 task message whose one argument is ``args_json``, already
     JSON: the body is ``[args, kwargs, embed]`` (Celery's documented message protocol), built with
     ``app.amqp.as_task_v2`` and the event's own bytes spliced in rather than decoded and encoded

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def cache_prefetched(instance: Any, relation: str, rows: list) -> None:
+def cache_prefetched(instance: Any, relation: str, rows: list[Any]) -> None:
     """Cache ``rows`` as ``instance.<relation>.all()``, the way prefetch_related stores what it
     loaded, so the event and the response use the lines just written without reading them back.
     Django has no public API to seed that cache: these are the attributes prefetch_related_objects

@@ -3,10 +3,12 @@
 import django.utils.timezone
 import hashlib
 
+from django.apps.registry import Apps
 from django.db import migrations, models
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 
 
-def name_idless_records(apps, schema_editor):
+def name_idless_records(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     # Rows from before this migration: give each id-less failure a distinct digest of its own body.
     FailedEvent = apps.get_model("events", "FailedEvent")
     for failed in FailedEvent.objects.filter(event_id__isnull=True, body_digest=""):

@@ -1,4 +1,7 @@
-from django.core.management.base import BaseCommand, CommandError
+from datetime import datetime
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from marketplace.events import topology
 from marketplace.events.backfill import BackfillError, backfill_events
@@ -13,7 +16,7 @@ class Command(BaseCommand):
         "Safe to repeat: subscribers dedupe by event id."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--subscriber", required=True, choices=[s.name for s in topology.SUBSCRIBERS])
         parser.add_argument(
             "--since", required=True, type=moment, help="Events created at or after this date / ISO date-time."
@@ -27,7 +30,17 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="Count what would be republished; publish nothing.")
         parser.add_argument("--batch-size", type=int, default=500, help="Outbox rows read per query (default 500).")
 
-    def handle(self, *args, subscriber, since, until, event_types, dry_run, batch_size, **options):
+    def handle(
+        self,
+        *args: Any,
+        subscriber: str,
+        since: datetime,
+        until: datetime | None,
+        event_types: list[str] | None,
+        dry_run: bool,
+        batch_size: int,
+        **options: Any,
+    ) -> None:
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1")
         if until is not None and until <= since:

@@ -1,7 +1,8 @@
 import time
+from typing import Any
 
 from django.apps import apps
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from marketplace.events.retention import RetentionMisconfigured, TableResult, prune_events
 
@@ -16,13 +17,13 @@ class Command(BaseCommand):
         "pending outbox row or an open failure. Safe to run while the system runs, and to repeat."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--dry-run", action="store_true", help="Count what would be deleted; change nothing.")
         parser.add_argument(
             "--batch-size", type=int, help="Rows deleted per transaction (default RETENTION_BATCH_SIZE, 1000)."
         )
 
-    def handle(self, *args, dry_run: bool, batch_size: int | None, verbosity: int, **options):
+    def handle(self, *args: Any, dry_run: bool, batch_size: int | None, verbosity: int, **options: Any) -> None:
         if batch_size is not None and batch_size < 1:
             raise CommandError("--batch-size must be at least 1")
         self._every_batch = verbosity >= 2

@@ -3,12 +3,16 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 import kombu.exceptions
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 from kombu import Connection, Consumer
+from kombu.message import Message
 
 from marketplace.celery import app
 from marketplace.events import dead_letters, topology
@@ -29,13 +33,13 @@ class Command(BaseCommand):
         "resolved or archived failures from the dead-letter queues. Runs until stopped; several copies may run."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--once", action="store_true", help="Record what is waiting, compact once, then exit.")
 
-    def handle(self, *args, once: bool, **options):
+    def handle(self, *args: Any, once: bool, **options: Any) -> None:
         self._stopping = False
         self._recorded = 0
-        self._received: list = []
+        self._received: list[Message] = []
         self._alerts = dead_letters.Alerts()
         if not once:
             signal.signal(signal.SIGTERM, self._stop)
@@ -102,7 +106,7 @@ class Command(BaseCommand):
                     self._record(burst)
                     self._alerts.send()
 
-    def _take_burst(self, connection) -> None:
+    def _take_burst(self, connection: Connection) -> None:
         """Whatever else the broker has already delivered, up to the prefetch: one transaction."""
         while len(self._received) < settings.DEAD_LETTER_RECORDER_PREFETCH:
             try:
@@ -110,7 +114,7 @@ class Command(BaseCommand):
             except TimeoutError:
                 return
 
-    def _record(self, messages: list) -> None:
+    def _record(self, messages: list[Message]) -> None:
         """Commit the records, then acknowledge. While our database is down, hold the messages and
         wait; a message that cannot be recorded at all is parked. Nothing else leaves here."""
         failures = []
@@ -143,7 +147,7 @@ class Command(BaseCommand):
                 message.ack()
         self._recorded += sum(created)
 
-    def _record_one(self, message, failure) -> bool:
+    def _record_one(self, message: Message, failure: dead_letters.Failure) -> bool:
         try:
             return dead_letters.record_failure(failure, self._alerts)
         except dead_letters.Unrecordable as exc:
@@ -155,7 +159,7 @@ class Command(BaseCommand):
             self._park(message, f"recording it failed: {message_headers.exception_name(exc)}: {exc}")
         return False
 
-    def _until_written(self, write):
+    def _until_written(self, write: Callable[[], Any]) -> Any:
         """``write()``, waited out through database outages; None if it raised anything else, or
         if the recorder is stopping before the database came back."""
         backoff = 1.0
@@ -180,11 +184,11 @@ class Command(BaseCommand):
             self._connection.heartbeat_check()
             time.sleep(min(1.0, max(deadline - time.monotonic(), 0)))
 
-    def _park(self, message, reason: str) -> None:
+    def _park(self, message: Message, reason: str) -> None:
         dead_letters.park(self._connection, message, reason=reason)
         message.ack()
 
-    def _compact(self, connection) -> None:
+    def _compact(self, connection: Connection) -> None:
         for subscriber in topology.SUBSCRIBERS:
             try:
                 dead_letters.compact(connection, subscriber)
@@ -197,6 +201,6 @@ class Command(BaseCommand):
                 else:  # its own channel's error (a queue missing until the relay heals it), or a bug
                     logger.exception("could not compact %s; will try again", subscriber.dead_letter_queue_name)
 
-    def _stop(self, signum, frame):
+    def _stop(self, signum: int, frame: FrameType | None) -> None:
         logger.info("recorder stopping")
         self._stopping = True

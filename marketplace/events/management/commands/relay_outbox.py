@@ -2,9 +2,11 @@ import contextlib
 import logging
 import signal
 import time
+from types import FrameType
+from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandParser
 from django.db import DatabaseError, close_old_connections
 
 from marketplace.events.broker import BrokerPublisher
@@ -22,11 +24,11 @@ class Command(BaseCommand):
         "distinct problem set) and healed by re-declaring the topology."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--once", action="store_true", help="Publish everything publishable now, then exit.")
         parser.add_argument("--batch-size", type=int, default=settings.OUTBOX_BATCH_SIZE)
 
-    def handle(self, *args, once: bool, batch_size: int, **options):
+    def handle(self, *args: Any, once: bool, batch_size: int, **options: Any) -> None:
         self._stopping = False
         if not once:
             signal.signal(signal.SIGTERM, self._stop)
@@ -72,6 +74,6 @@ class Command(BaseCommand):
         if once and failed:
             raise SystemExit(1)
 
-    def _stop(self, signum, frame):
+    def _stop(self, signum: int, frame: FrameType | None) -> None:
         logger.info("relay stopping after the current batch")
         self._stopping = True

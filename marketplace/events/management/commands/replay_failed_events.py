@@ -1,4 +1,7 @@
-from django.core.management.base import BaseCommand
+from datetime import datetime
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
 
 from marketplace.events import topology
 from marketplace.events.management.arguments import moment
@@ -9,7 +12,7 @@ from marketplace.events.services import NotReplayable, failed_event_replay
 class Command(BaseCommand):
     help = "Replay failed events to their subscriber's own queue (the subscriber dedupes by event id)."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--subscriber", choices=[s.name for s in topology.SUBSCRIBERS])
         parser.add_argument("--id", type=int, action="append", dest="ids", help="FailedEvent id (repeatable).")
         parser.add_argument(
@@ -17,7 +20,15 @@ class Command(BaseCommand):
         )
         parser.add_argument("--dry-run", action="store_true", help="List what would be replayed; change nothing.")
 
-    def handle(self, *args, subscriber, ids, since, dry_run, **options):
+    def handle(
+        self,
+        *args: Any,
+        subscriber: str | None,
+        ids: list[int] | None,
+        since: datetime | None,
+        dry_run: bool,
+        **options: Any,
+    ) -> None:
         failed_events = FailedEvent.objects.open().order_by("id")
         if subscriber:
             failed_events = failed_events.filter(subscriber=subscriber)

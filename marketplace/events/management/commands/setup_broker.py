@@ -1,8 +1,9 @@
 import time
+from typing import Any
 
 import httpx
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from kombu import Connection
 
 from marketplace.events import topology
@@ -23,7 +24,7 @@ class Command(BaseCommand):
         "workers, run setup_broker --migrate, start the new workers)."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         mode = parser.add_mutually_exclusive_group()
         mode.add_argument(
             "--check",
@@ -45,7 +46,7 @@ class Command(BaseCommand):
             "on it (through RABBITMQ_MANAGEMENT_URL): each deployment its own vhost.",
         )
 
-    def handle(self, *args, check: bool, migrate: bool, create_vhost: bool, **options):
+    def handle(self, *args: Any, check: bool, migrate: bool, create_vhost: bool, **options: Any) -> None:
         retry_delays = settings.SUBSCRIBER_RETRY_DELAYS
         if create_vhost:
             self._create_vhost()
@@ -85,7 +86,7 @@ class Command(BaseCommand):
         deadline = time.monotonic() + VHOST_API_WAIT_SECONDS
         while True:  # a management plugin enabled a moment ago may not listen yet
             try:
-                api.create_vhost(broker.virtual_host, user=broker.userid)
+                api.create_vhost(broker.virtual_host, user=broker.userid)  # type: ignore[arg-type]  # BROKER_URL names its user
                 break
             except httpx.TransportError as exc:
                 if time.monotonic() > deadline:
@@ -95,7 +96,7 @@ class Command(BaseCommand):
                 raise CommandError(f"could not create vhost {broker.virtual_host!r}: {exc}") from exc
         self.stdout.write(f"created vhost {broker.virtual_host!r} for user {broker.userid!r}")
 
-    def _check(self, connection, retry_delays) -> None:
+    def _check(self, connection: Connection, retry_delays: dict[str, tuple[int, ...]]) -> None:
         problems = topology_problems(connection, settings.RABBITMQ_MANAGEMENT_URL, retry_delays=retry_delays)
         for problem in problems:
             self.stdout.write(f"- {problem}")
@@ -106,7 +107,7 @@ class Command(BaseCommand):
             )
         self.stdout.write(self.style.SUCCESS("broker topology is as marketplace/events/topology.py declares"))
 
-    def _migrate(self, connection, retry_delays) -> None:
+    def _migrate(self, connection: Connection, retry_delays: dict[str, tuple[int, ...]]) -> None:
         self.stdout.write(
             self.style.WARNING(
                 "Migrating: every worker must be stopped (a queue with consumers is refused), and so must "
