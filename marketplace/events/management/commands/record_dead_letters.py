@@ -91,20 +91,23 @@ class Command(BaseCommand):
                 while not self._stopping:
                     try:
                         connection.drain_events(timeout=ONCE_IDLE_SECONDS if once else 1.0)
+                        self._take_burst(connection)
                     except TimeoutError:
                         connection.heartbeat_check()
-                        if time.monotonic() >= next_compaction:
-                            self._compact(connection)
-                            next_compaction = time.monotonic() + settings.DEAD_LETTER_COMPACT_SECONDS
+                    # Deliveries also arrive while compacting, parking or waiting out the database
+                    # (whatever reads the connection dispatches them): none may wait for the next one.
+                    if self._received:
+                        burst = list(self._received)
+                        self._received.clear()
+                        self._record(burst)
                         self._alerts.send()
-                        if once:
-                            break
                         continue
-                    self._take_burst(connection)
-                    burst = list(self._received)
-                    self._received.clear()
-                    self._record(burst)
+                    if time.monotonic() >= next_compaction:
+                        self._compact(connection)
+                        next_compaction = time.monotonic() + settings.DEAD_LETTER_COMPACT_SECONDS
                     self._alerts.send()
+                    if once and not self._received:
+                        break
 
     def _take_burst(self, connection: Connection) -> None:
         """Whatever else the broker has already delivered, up to the prefetch: one transaction."""
