@@ -45,6 +45,18 @@ from amqp.spec import Basic
 from hypothesis import strategies as st
 
 from marketplace.events import topology
+from marketplace.events.headers import (
+    ATTEMPTS,
+    DEAD_LETTER_ID,
+    EXCEPTION_CLASS,
+    EXCEPTION_MESSAGE,
+    FIRST_FAILED_AT,
+    INFRA_WAITS,
+    LAST_FAILED_AT,
+    REPLAY_OF,
+    TRACEBACK,
+    WAITING_SINCE,
+)
 
 # RabbitMQ's default frame_max is 131072 bytes; the content header frame also carries the other
 # properties and the frame's own overhead. Beyond this the publish fails (FRAME_ERROR).
@@ -52,17 +64,6 @@ FRAME_MAX = 131_072
 MAX_HEADER_FRAME = 100_000
 SHORTSTR = 255
 
-# Our retry-state and failure headers, by their names on the wire (what a hostile producer writes).
-ATTEMPTS = "marketplace-attempts"
-INFRA_WAITS = "marketplace-infra-waits"
-WAITING_SINCE = "marketplace-waiting-since"
-FIRST_FAILED_AT = "marketplace-first-failed-at"
-LAST_FAILED_AT = "marketplace-last-failed-at"
-EXCEPTION_CLASS = "marketplace-exception-class"
-EXCEPTION_MESSAGE = "marketplace-exception-message"
-TRACEBACK = "marketplace-traceback"
-DEAD_LETTER_ID = "marketplace-dead-letter-id"
-REPLAY_OF = "marketplace-replay-of"
 
 TASK_NAMES = sorted({s.task for s in topology.SUBSCRIBERS})
 EVENT_TYPES = sorted({t for s in topology.SUBSCRIBERS for t in s.event_types})

@@ -3,9 +3,7 @@ what the live tests read of it: whether it is alive, and whether its log shows i
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +14,7 @@ import pytest
 from kombu import Connection
 
 from marketplace.events import topology
-from tests.support.workers import ROOT
+from tests.support.workers import ROOT, stop_process_group
 
 # A reader that takes one message for a lost broker (or a refused record for a database outage)
 # logs one of these per attempt: seen again and again, it loops on that message.
@@ -72,15 +70,8 @@ class RecorderProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        self.log.close()
+        if stop_process_group(self.process):
+            self.log.close()
 
 
 def looping_lines(text: str) -> list[str]:

@@ -87,14 +87,22 @@ class WorkerProcess:
         self.process.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        self.log.close()
+        if stop_process_group(self.process):
+            self.log.close()
+
+
+def stop_process_group(process: subprocess.Popen | None, timeout: float = 20) -> bool:
+    """SIGTERM the process group ``process`` leads, SIGKILL it after ``timeout``; False if it had
+    already exited (or never started)."""
+    if process is None or process.poll() is not None:
+        return False
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    return True
 
 
 def record_dead_letters(**filters):
