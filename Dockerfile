@@ -31,9 +31,10 @@ RUN pip install --no-cache-dir --no-deps --no-build-isolation . && pip check
 # The project itself (manage.py); processes run from /app, which comes first on sys.path.
 COPY . .
 
-# Static files for the admin and the API docs, served by whitenoise from gunicorn. The settings'
-# defaults are enough to import them here; no database or broker is touched.
-RUN python manage.py collectstatic --noinput
+# Static files for the admin and the API docs, served by whitenoise from gunicorn. Development
+# settings for this build step only (production's refuse to load without a secret key, which the
+# image must not contain); the files are the same. No database or broker is touched.
+RUN MARKETPLACE_ENV=development python manage.py collectstatic --noinput
 
 USER app
 

@@ -7,6 +7,7 @@ own, so it never touches the development stack or the test suite's resources.
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -118,6 +119,7 @@ class Target:
     stub_port: int = 8103  # the three downstreams of the baseline (and the broken seller webhook)
     logdir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "marketplace-bench")
     drop_at_end: bool = False
+    secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(50), repr=False)
 
     @property
     def database_url(self) -> str:
@@ -139,6 +141,12 @@ class Target:
             BENCH_BROKER_URL=self.broker_url,
             RABBITMQ_MANAGEMENT_URL="http://guest:guest@127.0.0.1:15672/api/",
             DJANGO_SETTINGS_MODULE="marketplace.settings",
+            # Production settings, as deployed (a strong key of this run's own), except that the load
+            # reaches the web over plain HTTP on 127.0.0.1, with no TLS-terminating proxy to redirect to.
+            MARKETPLACE_ENV="production",
+            DJANGO_SECRET_KEY=self.secret_key,
+            DJANGO_SECURE_SSL_REDIRECT="false",
+            SELLER_WEBHOOK_ALLOWED_HOSTS="127.0.0.1,localhost",  # the failing seller webhook is the local stub
             DJANGO_DEBUG="false",
             DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
             EMAIL_BACKEND="bench.mail.EmailBackend",

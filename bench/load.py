@@ -14,6 +14,7 @@ import random
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -126,7 +127,7 @@ def paced(url: str, work: Workload, *, rate: float, seconds: float) -> dict:
 
 
 def _wrk(url: str, work: Workload, *, seconds: float, connections: int) -> dict:
-    script = Path(f"/tmp/bench-wrk-{uuid.uuid4().hex[:8]}.lua")
+    script = Path(tempfile.gettempdir()) / f"bench-wrk-{uuid.uuid4().hex}.lua"
     script.write_text(
         LUA
         % {

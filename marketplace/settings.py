@@ -1,14 +1,26 @@
 """Settings for marketplace, read from environment variables (see .env.example).
 
-Every default works on a developer machine with PostgreSQL and RabbitMQ on localhost.
+MARKETPLACE_ENV chooses the defaults: "production" (the default: no debug, HTTPS only behind a
+TLS-terminating proxy, and no start without a strong DJANGO_SECRET_KEY and DJANGO_ALLOWED_HOSTS)
+or "development" (debug, a development key, localhost; bin/run, the tests and docker-compose.yml
+ask for it). Every other default works on a developer machine with PostgreSQL and RabbitMQ on
+localhost.
 """
 
+import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
 import environ
 from celery.schedules import crontab
+from django.core.exceptions import ImproperlyConfigured
 
+from marketplace.checks import (
+    DEVELOPMENT,
+    DEVELOPMENT_SECRET_KEY,
+    PRODUCTION,
+    check_production_settings,
+)
 from marketplace.events import topology
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -17,9 +29,39 @@ env = environ.Env()
 if (BASE_DIR / ".env").exists():
     environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
-DEBUG = env.bool("DJANGO_DEBUG", default=True)
-SECRET_KEY = env("DJANGO_SECRET_KEY", default="insecure-local-development-key-change-me")
-ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+# One switch between safe and convenient defaults: production unless development is asked for.
+MARKETPLACE_ENV = env("MARKETPLACE_ENV", default=PRODUCTION)
+if MARKETPLACE_ENV not in (PRODUCTION, DEVELOPMENT):
+    raise ImproperlyConfigured(f"MARKETPLACE_ENV must be {PRODUCTION!r} or {DEVELOPMENT!r}, not {MARKETPLACE_ENV!r}")
+DEVELOPING = MARKETPLACE_ENV == DEVELOPMENT
+
+DEBUG = env.bool("DJANGO_DEBUG", default=DEVELOPING)
+SECRET_KEY = env("DJANGO_SECRET_KEY", default=DEVELOPMENT_SECRET_KEY if DEVELOPING else "")
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if DEVELOPING else [])
+if not DEVELOPING:
+    # Refuse to start (every process: web, workers, relay, recorder, beat, manage.py) rather than
+    # run production with a guessable key, debug pages, or no host check.
+    check_production_settings(debug=DEBUG, secret_key=SECRET_KEY, allowed_hosts=ALLOWED_HOSTS)
+
+# HTTPS, for production behind a TLS-terminating proxy (docs/operations.md, "Production settings").
+# The proxy sets this header (overwriting any the client sent) to "https" on requests that came
+# over TLS; empty: no proxy, Django sees the connection itself.
+_proxy_ssl_header = env("DJANGO_SECURE_PROXY_SSL_HEADER", default="" if DEVELOPING else "X-Forwarded-Proto")
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _proxy_ssl_header.upper().replace("-", "_"), "https") if _proxy_ssl_header else None
+)
+# Plain HTTP is redirected to HTTPS, except the probes that Prometheus and health checks send
+# inside the network (paths without their leading slash, as SecurityMiddleware matches them).
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=not DEVELOPING)
+SECURE_REDIRECT_EXEMPT = env.list("DJANGO_SECURE_REDIRECT_EXEMPT", default=[r"^healthz$", r"^metrics$"])
+# Browsers remember to use HTTPS only (a year by default; start lower on a new domain: they keep
+# it for this long, and with include-subdomains for every subdomain too).
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0 if DEVELOPING else 365 * 24 * 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEVELOPING)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=not DEVELOPING)
+# The admin's session and CSRF cookies travel over HTTPS only.
+SESSION_COOKIE_SECURE = env.bool("DJANGO_SESSION_COOKIE_SECURE", default=not DEVELOPING)
+CSRF_COOKIE_SECURE = env.bool("DJANGO_CSRF_COOKIE_SECURE", default=not DEVELOPING)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -291,6 +333,12 @@ DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="orders@marketplace.local
 SERVER_EMAIL = env("SERVER_EMAIL", default="alerts@marketplace.localhost")
 ADMINS = [("Marketplace team", email) for email in env.list("ADMINS", default=["team@marketplace.localhost"])]
 SELLER_WEBHOOK_TIMEOUT = env.float("SELLER_WEBHOOK_TIMEOUT", default=5.0)
+# Seller webhooks go to https URLs on global addresses only (notifications/webhooks.py): hosts listed
+# here skip that check, and may use plain http (development's loopback; none by default in production).
+SELLER_WEBHOOK_ALLOWED_HOSTS = env.list(
+    "SELLER_WEBHOOK_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "::1"] if DEVELOPING else []
+)
+SELLER_WEBHOOK_REQUIRE_HTTPS = env.bool("SELLER_WEBHOOK_REQUIRE_HTTPS", default=not DEVELOPING)
 
 # --- Customer segmentation ------------------------------------------------------------------
 # A buyer is "new" after one order, "returning" from 2 orders, "loyal" from LOYAL_ORDERS orders,
@@ -308,7 +356,7 @@ METRICS_BASIC_AUTH = env("METRICS_BASIC_AUTH", default="")
 # Empty: each process keeps its metrics in memory, and /metrics shows only the process answering.
 PROMETHEUS_MULTIPROC_DIR = env(
     "PROMETHEUS_MULTIPROC_DIR",
-    default=str(Path(env("TMPDIR", default="/tmp")) / "marketplace-metrics" / DATABASES["default"]["NAME"]),
+    default=str(Path(tempfile.gettempdir()) / "marketplace-metrics" / DATABASES["default"]["NAME"]),
 )
 
 LOGGING = {

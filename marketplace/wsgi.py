@@ -1,6 +1,13 @@
 import os
 
+from django.conf import settings
 from django.core.wsgi import get_wsgi_application
+
+from marketplace.checks import refuse_demo_admin
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings")
 application = get_wsgi_application()
+# The admin login is served here: a production web process refuses to start while the demo
+# admin's password works (settings refused a weak key or no allowed hosts already).
+if not getattr(settings, "DEVELOPING", False):
+    refuse_demo_admin()

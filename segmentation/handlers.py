@@ -137,7 +137,7 @@ def _locked_profile(*, buyer_id: int) -> CustomerProfile:
     return profile
 
 
-_LOCK_PROFILE = f"SELECT * FROM {CustomerProfile._meta.db_table} WHERE buyer_id = %s FOR UPDATE"
+_LOCK_PROFILE = f"SELECT * FROM {CustomerProfile._meta.db_table} WHERE buyer_id = %s FOR UPDATE"  # noqa: S608 - the model's table
 
 
 def _order_span(profile: CustomerProfile) -> tuple[datetime | None, datetime | None]:

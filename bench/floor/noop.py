@@ -9,6 +9,7 @@ measures commit -> all three done without a database write in the floor's path.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 
 from celery import Celery
@@ -32,7 +33,7 @@ _done = {"fd": None}
 
 def _done_fd() -> int:
     if _done["fd"] is None:
-        directory = os.environ.get("BENCH_DONE_DIR", "/tmp")
+        directory = os.environ.get("BENCH_DONE_DIR", tempfile.gettempdir())
         os.makedirs(directory, exist_ok=True)
         name = f"{os.environ.get('BENCH_SUBSCRIBER', 'noop')}.{os.getpid()}"
         _done["fd"] = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

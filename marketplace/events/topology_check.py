@@ -210,7 +210,7 @@ def _name(subscriber: topology.Subscriber | None) -> str | None:
 
 def _argument_differences(actual: dict[str, Any], queue: Queue) -> str:
     have, want = actual.get("arguments", {}), queue.queue_arguments
-    assert want is not None  # topology.py declares every queue with arguments
+    assert want is not None  # noqa: S101 - narrows the type: topology.py declares every queue with arguments
     differing = sorted(name for name in {*have, *want} if have.get(name) != want.get(name))
     details = ", ".join(f"{name}={have.get(name)!r} (want {want.get(name)!r})" for name in differing)
     hint = (

@@ -1,5 +1,6 @@
 from decimal import Decimal
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
@@ -21,6 +22,8 @@ SELLERS = [
     ("Canvas Goods", "hello@canvas.example", [("CANVAS-TOTE", "Canvas tote bag", "14.00", 200)]),
 ]
 BUYERS = [("alice", "alice@example.com", "Alice", "Archer"), ("bob", "bob@example.com", "Bob", "Baker")]
+# Development only: a production web process refuses to start while this password works
+# (marketplace/checks.py), so production gets no demo admin.
 ADMIN = ("admin", "admin@marketplace.localhost", "admin")
 
 
@@ -46,10 +49,13 @@ class Command(BaseCommand):
                 buyer.save()
             tokens.append((username, Token.objects.get_or_create(user=buyer)[0].key))
         username, email, password = ADMIN
-        if not User.objects.filter(username=username).exists():
+        if settings.DEVELOPING and not User.objects.filter(username=username).exists():
             User.objects.create_superuser(username=username, email=email, password=password)
 
         self.stdout.write(f"{Seller.objects.count()} sellers, {Product.objects.count()} products")
-        self.stdout.write(f"admin login: {username} / {password}")
+        if settings.DEVELOPING:
+            self.stdout.write(f"admin login: {username} / {password}")
+        else:
+            self.stdout.write("no demo admin in production: create your own with manage.py createsuperuser")
         for username, key in tokens:
             self.stdout.write(f"buyer {username}: Authorization: Token {key}")

@@ -157,7 +157,7 @@ def _failed_event_subscribers(h: Harness, marker: str, event_id: str | None) -> 
         if "headers" in columns:
             conditions.append("headers::text LIKE %(like)s")
         rows = h.db.query(
-            f"SELECT subscriber FROM events_failedevent WHERE {' OR '.join(conditions)}",
+            f"SELECT subscriber FROM events_failedevent WHERE {' OR '.join(conditions)}",  # noqa: S608 - fixed conditions
             {"like": f"%{marker}%", "marker": marker},
         )
     return {subscriber for (subscriber,) in rows}

@@ -214,7 +214,7 @@ class Harness:
             try:
                 if not any(self.queue_depths().values()):
                     return
-            except Exception:
+            except Exception:  # noqa: S110 - the management API not answering yet: ask again until the deadline
                 pass
             time.sleep(0.5)
         self.log(f"queues not drained after {timeout}s: {self.queue_depths()}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -102,6 +103,15 @@ class System:
                 if not k.startswith(("DJANGO_", "DATABASE_", "BROKER_", "RABBITMQ_"))
             },
             "DJANGO_SETTINGS_MODULE": "tests.faults.harness.worker_settings",
+            # Production settings, as deployed (a strong key of this run's own), except that the
+            # load reaches the web over plain HTTP on 127.0.0.1, with no TLS-terminating proxy in
+            # front to redirect to.
+            "MARKETPLACE_ENV": "production",
+            "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+            "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "DJANGO_SECURE_SSL_REDIRECT": "false",
+            # The ledger's seller webhook is a local plain-http server (edges.py).
+            "SELLER_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1,localhost",
             "PYTHONPATH": str(ROOT),
             "PYTHONUNBUFFERED": "1",
             "DATABASE_URL": database_url,
