@@ -14,8 +14,12 @@ Exactly-once effect: the marker row (ProcessedEvent / Notification) is inserted,
 sent, and only then does the transaction commit. A failed send rolls the marker back so a retry
 sends again; a duplicate delivery finds the committed marker and sends nothing. The one window
 left — the provider accepted the message but our commit failed — errs towards a duplicate
-rather than a lost confirmation; the event id travels as X-Marketplace-Event-Id (and as the
-webhook idempotency key) so a provider or seller can drop that duplicate too.
+rather than a lost confirmation; the event id travels as X-Marketplace-Event-Id (and in the
+webhook's webhook-id and Idempotency-Key) so a provider or seller can drop that duplicate too.
+
+Webhooks are signed as Standard Webhooks (notifications/webhooks.py, docs/events.md) and go only
+to https URLs on public addresses, checked on the address connected to: a refused URL is a
+permanent failure (SellerWebhookRefused).
 
 Sellers are independent of each other: each seller's notification is a transaction of its own,
 so one seller's broken endpoint neither stops nor undoes the others'. A failure message names
@@ -25,7 +29,6 @@ the seller and where the notification went (webhook URL, or email address and ma
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import logging
 from collections import defaultdict
@@ -42,6 +45,8 @@ from marketplace.events.errors import TRANSIENT_ERRORS, TransientDownstreamError
 from marketplace.events.failure_groups import root_cause_line
 from marketplace.events.subscriber import claim_event, insert_once
 from marketplace.mail import mail_server, send_email
+from marketplace.redaction import redact_url
+from notifications import webhooks
 from notifications.models import Notification
 from orders.selectors import SellerContact, seller_contacts
 
@@ -58,6 +63,11 @@ REJECTION_BODY_CHARS = 200
 
 class SellerWebhookRejected(Exception):
     """The seller's endpoint refused the notification (4xx): retrying will not help."""
+
+
+class SellerWebhookRefused(Exception):
+    """We refused to call the seller's webhook URL (an internal address, plain http in production):
+    retrying will not help; the seller's URL must be fixed."""
 
 
 class SellerWebhookUnreachable(TransientDownstreamError):
@@ -270,7 +280,7 @@ def _notify_seller_once(
         kind=kind,
         seller_id=seller.id,
         channel=Notification.Channel.WEBHOOK if seller.webhook_url else Notification.Channel.EMAIL,
-        recipient=seller.webhook_url or seller.email,
+        recipient=redact_url(seller.webhook_url) if seller.webhook_url else seller.email,
         order_id=order_id,
     )
     # A statement after the lock's: it sees a cancellation notice committed while the lock was awaited.
@@ -314,19 +324,26 @@ def seller_payload(envelope: dict[str, Any], lines: list[dict[str, Any]]) -> dic
 
 def _post_webhook(seller: SellerContact, envelope: dict[str, Any], lines: list[dict[str, Any]]) -> None:
     body = json.dumps(seller_payload(envelope, lines), separators=(",", ":")).encode()
+    # One id per (event, seller): the same on every retry and replay, so the seller can drop a duplicate.
+    delivery_id = f"{envelope['id']}:{seller.id}"
+    secrets = [secret for secret in (seller.webhook_secret, seller.webhook_secret_next) if secret]
     headers = {
         "Content-Type": "application/json",
         "X-Marketplace-Event-Id": envelope["id"],
         "X-Marketplace-Event-Type": envelope["type"],
-        "Idempotency-Key": f"{envelope['id']}:{seller.id}",
+        "Idempotency-Key": delivery_id,
+        **webhooks.signature_headers(msg_id=delivery_id, body=body, secrets=secrets),
     }
-    if seller.webhook_secret:
-        digest = hmac.new(seller.webhook_secret.encode(), body, hashlib.sha256).hexdigest()
-        headers["X-Marketplace-Signature"] = f"sha256={digest}"
+    if secrets and not secrets[0].startswith(webhooks.SECRET_PREFIX):  # deprecated: plain secrets only
+        headers["X-Marketplace-Signature"] = webhooks.legacy_signature(secret=secrets[0], body=body)
     try:
-        response = httpx.post(
-            seller.webhook_url, content=body, headers=headers, timeout=settings.SELLER_WEBHOOK_TIMEOUT
-        )
+        # Never follows a redirect (a 3xx could point anywhere); no proxy from the environment.
+        with httpx.Client(transport=webhooks.SafeWebhookTransport(), trust_env=False) as client:
+            response = client.post(
+                seller.webhook_url, content=body, headers=headers, timeout=settings.SELLER_WEBHOOK_TIMEOUT
+            )
+    except webhooks.UnsafeWebhookTarget as exc:
+        raise SellerWebhookRefused(f"{_seller_endpoint(seller)} refused: {exc}") from exc
     except httpx.TransportError as exc:
         raise SellerWebhookUnreachable(f"{_seller_endpoint(seller)}: {type(exc).__name__}: {exc}") from exc
     answer = f"{_seller_endpoint(seller)} answered {response.status_code} {response.reason_phrase}".rstrip()
@@ -355,12 +372,13 @@ def _email_seller(
 def _seller_endpoint(seller: SellerContact) -> str:
     """The seller and where their notification goes, as failure messages name them."""
     if seller.webhook_url:
-        return f"seller {seller.id} ({seller.name}) webhook {seller.webhook_url}"
+        # Credentials in the URL (user:password@, ?token=) never reach a log line or a failure record.
+        return f"seller {seller.id} ({seller.name}) webhook {redact_url(seller.webhook_url)}"
     return f"seller {seller.id} ({seller.name}) email {seller.email} via {mail_server()}"
 
 
 def _failure_text(seller: SellerContact, exc: Exception) -> str:
     # Our own failures already name the seller and the endpoint; anything else (a bug) gets them here.
-    if isinstance(exc, (SellerWebhookRejected, TransientDownstreamError)):
+    if isinstance(exc, (SellerWebhookRejected, SellerWebhookRefused, TransientDownstreamError)):
         return f"{type(exc).__name__}: {exc}"
     return f"{type(exc).__name__} for {_seller_endpoint(seller)}: {exc}"

@@ -2,14 +2,33 @@ from django.contrib import admin, messages
 from django.urls import reverse
 from django.utils.html import format_html
 
+from notifications.webhooks import spec_secret
 from orders import services
 from orders.models import Order, OrderLine, Product, Seller
 
 
 @admin.register(Seller)
 class SellerAdmin(admin.ModelAdmin):
+    """The webhook URL is validated on save (model validators: https, public addresses only)."""
+
     list_display = ["id", "name", "email", "webhook_url"]
     search_fields = ["name", "email"]
+    readonly_fields = ["receiver_secrets"]
+    actions = ["finish_secret_rotation"]
+
+    @admin.display(description="secrets as the seller's receiver uses them (Standard Webhooks)")
+    def receiver_secrets(self, obj):
+        secrets = [secret for secret in (obj.webhook_secret, obj.webhook_secret_next) if secret]
+        return ", ".join(spec_secret(secret) for secret in secrets) or "-"
+
+    @admin.action(description="Finish webhook secret rotation (the next secret becomes the secret)")
+    def finish_secret_rotation(self, request, queryset):
+        rotated = 0
+        for seller in queryset.exclude(webhook_secret_next=""):
+            seller.webhook_secret, seller.webhook_secret_next = seller.webhook_secret_next, ""
+            seller.save(update_fields=["webhook_secret", "webhook_secret_next"])
+            rotated += 1
+        self.message_user(request, f"Rotated the webhook secret of {rotated} seller(s).", messages.SUCCESS)
 
 
 @admin.register(Product)

@@ -4,13 +4,25 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from notifications.webhooks import validate_seller_webhook_url, validate_webhook_secret
+
 
 class Seller(models.Model):
     name = models.CharField(max_length=200)
     email = models.EmailField()
-    # When set, order notifications are POSTed here (signed) instead of emailed.
-    webhook_url = models.URLField(blank=True)
-    webhook_secret = models.CharField(max_length=200, blank=True)
+    # When set, order notifications are POSTed here (signed) instead of emailed: an https URL on a
+    # public address (notifications/webhooks.py, checked again at every delivery).
+    webhook_url = models.URLField(blank=True, validators=[validate_seller_webhook_url])
+    # Signing secrets (Standard Webhooks, docs/events.md): whsec_<base64 key>, or a plain string whose
+    # UTF-8 bytes are the key. While a secret is rotated, deliveries are signed with both.
+    webhook_secret = models.CharField(max_length=200, blank=True, validators=[validate_webhook_secret])
+    webhook_secret_next = models.CharField(
+        max_length=200,
+        blank=True,
+        validators=[validate_webhook_secret],
+        help_text="During a rotation, the seller's new secret: deliveries carry a signature with each "
+        "secret. Once the seller verifies with it, make it the secret and empty this field.",
+    )
 
     def __str__(self):
         return self.name

@@ -26,10 +26,13 @@ class SellerContact:
     name: str
     email: str
     webhook_url: str  # empty: the seller is emailed instead
-    webhook_secret: str  # empty: webhook requests go unsigned
+    webhook_secret: str  # empty (and no webhook_secret_next): webhook requests go unsigned
+    webhook_secret_next: str = ""  # during a secret rotation, the seller's new secret
 
 
 def seller_contacts(*, seller_ids: Iterable[int]) -> dict[int, SellerContact]:
     """The contacts of those of ``seller_ids`` that exist, by seller id."""
-    rows = Seller.objects.filter(pk__in=list(seller_ids)).values("id", "name", "email", "webhook_url", "webhook_secret")
+    rows = Seller.objects.filter(pk__in=list(seller_ids)).values(
+        "id", "name", "email", "webhook_url", "webhook_secret", "webhook_secret_next"
+    )
     return {row["id"]: SellerContact(**row) for row in rows}

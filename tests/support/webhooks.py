@@ -21,7 +21,13 @@ class SellerWebhook:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 status = webhook.statuses.pop(0) if webhook.statuses else webhook.default_status
                 webhook.requests.append(
-                    {"headers": dict(self.headers), "body": json.loads(body or b"null"), "status": status}
+                    # "raw_body": the bytes as received, which is what a signature is verified against.
+                    {
+                        "headers": dict(self.headers),
+                        "body": json.loads(body or b"null"),
+                        "raw_body": body,
+                        "status": status,
+                    }
                 )
                 self.send_response(status)
                 self.end_headers()
