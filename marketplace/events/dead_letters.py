@@ -140,20 +140,30 @@ def safe_text(value: Any, limit: int | None = None) -> str:
 
 
 def safe_json(value: Any) -> Any:
-    """``value`` if jsonb can hold it, else None: no NUL, no lone surrogate, no NaN or infinity
-    (Python's json reads them all; PostgreSQL refuses them)."""
+    """``value`` if jsonb can hold it, else None."""
+    return value if json_text(value) is not None else None
+
+
+class JsonText(str):
+    """JSON already written, checked to be what jsonb holds: stored as it is (``%s::jsonb``)."""
+
+
+def json_text(value: Any) -> JsonText | None:
+    """``value`` as JSON text if jsonb can hold it, else None: no NUL, no lone surrogate, no NaN
+    or infinity (Python's json reads them all; PostgreSQL refuses them). Written once: the record
+    stores this text rather than having the database driver encode the value again."""
     try:
-        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
-        text = json.dumps(value)
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        text.encode("utf-8")  # a lone surrogate cannot be encoded
     except Exception:  # anything json cannot write (deep nesting raises RecursionError)
         return None
-    return None if "\\u0000" in text else value
+    return None if "\\u0000" in text else JsonText(text)
 
 
 def jsonable_headers(headers: dict[str, Any]) -> dict[str, Any]:
     """The headers as JSON PostgreSQL can hold, whatever AMQP types they arrived as (bytes keys and
     values, decimals, timestamps, nested tables and arrays)."""
-    jsonable: dict[str, Any] = json.loads(safe_text(json.dumps(_jsonable(headers), default=str)))
+    jsonable: dict[str, Any] = _jsonable(headers)
     return jsonable
 
 
@@ -166,9 +176,11 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
         return [_jsonable(item, depth + 1) for item in value]
     if isinstance(value, str | bytes | bytearray | memoryview):
         return safe_text(bytes(value) if not isinstance(value, str) else value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    return safe_text(str(value), 1000)  # decimals, timestamps, whatever else a header decodes to
 
 
 def header_int(headers: dict[str, Any], name: str, default: int = 0) -> int:
@@ -320,7 +332,8 @@ def read_failure(*, subscriber: topology.Subscriber, body: bytes, headers: Any, 
         attempts = max(header_int(headers, ATTEMPTS, 1), 1)
     else:
         exception_class, exception_message, attempts = _broker_failure(headers)
-    payload = safe_json(envelope) if isinstance(envelope, dict) else None
+    payload = json_text(envelope) if isinstance(envelope, dict) else None
+    stored_headers = {k: v for k, v in headers.items() if k not in NOT_STORED_HEADERS}
     now = timezone.now()
     event_type = envelope.get("type", "") if isinstance(envelope, dict) else ""
     fields = {
@@ -330,7 +343,7 @@ def read_failure(*, subscriber: topology.Subscriber, body: bytes, headers: Any, 
         "body": body[:MAX_STORED_BODY_BYTES],
         "body_size": len(body),
         "content_type": safe_text(content_type or "", 100),
-        "headers": jsonable_headers({k: v for k, v in headers.items() if k not in NOT_STORED_HEADERS}),
+        "headers": JsonText(json.dumps(jsonable_headers(stored_headers))),
         "dead_letter_key": dead_letter_key(body, headers),
         "status": FailedEvent.Status.FAILED,
         "exception_class": exception_class,
@@ -381,7 +394,7 @@ def unreadable_failure(
             "body": body[:MAX_STORED_BODY_BYTES],
             "body_size": len(body),
             "content_type": safe_text(content_type, 100) if isinstance(content_type, str | bytes) else "",
-            "headers": {},
+            "headers": JsonText("{}"),
             "dead_letter_key": digest,
             "status": FailedEvent.Status.FAILED,
             "exception_class": UNREADABLE,
@@ -412,7 +425,13 @@ def write_failures(failures: list[Failure], alerts: Alerts) -> list[bool]:
                 "first_failed_at": failure.first_failed_at,
                 **failure.fields,
             }
-            cursor.execute(sql, [field.get_db_prep_save(values[field.name], connection) for field in fields])
+            cursor.execute(
+                sql,
+                [
+                    value if isinstance(value, JsonText) else field.get_db_prep_save(value, connection)
+                    for field, value in ((field, values[field.name]) for field in fields)
+                ],
+            )
             row = cursor.fetchone()
             written.append((failure, row is not None))
             if row is not None and not row[1]:
@@ -448,9 +467,11 @@ def _upsert_statement(has_event_id: bool) -> tuple[str, list[models.Field[Any, A
     )
     key = "event_id" if has_event_id else "body_digest"
     where = "IS NOT NULL" if has_event_id else "IS NULL"
+    # JSON arrives as text written once (JsonText): the cast makes it jsonb.
+    placeholders = ", ".join("%s::jsonb" if isinstance(field, models.JSONField) else "%s" for field in fields)
     sql = (
         # S608: names come from the model (quoted), values are parameters.
-        f"INSERT INTO {quote(FailedEvent._meta.db_table)} AS f ({columns}) VALUES ({', '.join(['%s'] * len(fields))}) "  # noqa: S608
+        f"INSERT INTO {quote(FailedEvent._meta.db_table)} AS f ({columns}) VALUES ({placeholders}) "  # noqa: S608
         f'ON CONFLICT ("subscriber", "{key}") WHERE "event_id" {where} DO UPDATE SET {updates}, '
         f'"attempts" = LEAST(f."attempts" + EXCLUDED."attempts", {MAX_COUNT}) '
         'WHERE f."dead_letter_key" IS DISTINCT FROM EXCLUDED."dead_letter_key" '
