@@ -73,7 +73,7 @@ def recorder(ctx: Context) -> dict:
             if profile.available():
                 result["profile"] = _profile(ctx)
             else:
-                log("py-spy not installed: no profile of the recorder (pip install -e '.[bench]')")
+                log("py-spy not installed: no profile of the recorder (bin/setup --bench)")
     finally:
         broker.delete_queues(ctx.target, [DEAD_LETTER_FLOOR_QUEUE])
         broker.purge(ctx.target, queues)

@@ -52,7 +52,7 @@ def markdown(results: dict, png: str | None) -> str:
         "process it started):",
         "",
         "```sh",
-        ".venv/bin/pip install -e '.[bench]'     # matplotlib, py-spy; `apt-get install wrk` for the closed loops",
+        "bin/setup --bench                       # the locked bench extras (matplotlib, py-spy); `apt-get install wrk` for the closed loops",
         ".venv/bin/python -m bench               # about 20 minutes: this page and benchmarks-latency.png",
         ".venv/bin/python -m bench --quick       # under 2 minutes: bench/results/quick.md",
         "```",
