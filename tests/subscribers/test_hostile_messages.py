@@ -25,6 +25,7 @@ live batch hundreds of times. The default run therefore does not shrink; ``-m sl
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -492,21 +493,8 @@ REGRESSIONS = [
 @given(batch=BATCH, order_count=st.integers(1, 2))
 @example(batch=REGRESSIONS, order_count=1)
 @pytest.mark.timeout(600)
-def test_hostile_messages_anywhere_are_recorded_once_and_stop_nothing(
-    workers, recorder, shop, place_order, broker_url, faults, client, settings, batch, order_count
-):
-    settings.METRICS_BASIC_AUTH = METRICS_CREDENTIALS
-    run_batch(
-        batch=batch,
-        order_count=order_count,
-        workers=workers,
-        recorder=recorder,
-        shop=shop,
-        place_order=place_order,
-        broker_url=broker_url,
-        faults=faults,
-        client=client,
-    )
+def test_hostile_messages_anywhere_are_recorded_once_and_stop_nothing(live_batch, batch, order_count):
+    live_batch(batch=batch, order_count=order_count)
 
 
 @pytest.mark.slow
@@ -518,13 +506,16 @@ def test_hostile_messages_anywhere_are_recorded_once_and_stop_nothing(
     order_count=st.integers(1, 4),
 )
 @pytest.mark.timeout(7200)
-def test_hostile_messages_anywhere_long_run(
-    workers, recorder, shop, place_order, broker_url, faults, client, settings, batch, order_count
-):
+def test_hostile_messages_anywhere_long_run(live_batch, batch, order_count):
+    live_batch(batch=batch, order_count=order_count)
+
+
+@pytest.fixture
+def live_batch(workers, recorder, shop, place_order, broker_url, faults, client, settings):
+    """``live_batch(batch=..., order_count=...)``: run_batch against this test's live system."""
     settings.METRICS_BASIC_AUTH = METRICS_CREDENTIALS
-    run_batch(
-        batch=batch,
-        order_count=order_count,
+    return functools.partial(
+        run_batch,
         workers=workers,
         recorder=recorder,
         shop=shop,
