@@ -493,10 +493,12 @@ class Alerts:
     def add(self, failure: Failure) -> None:
         self._waiting.setdefault(failure.fields["group_key"], []).append(failure)
 
-    def send(self) -> None:
+    def send(self, *, all_waiting: bool = False) -> None:
+        """Alert each group whose window has passed; ``all_waiting``: every group (the recorder is
+        stopping, and what it recorded must not go unannounced)."""
         now = time.monotonic()
         for group, failures in list(self._waiting.items()):
-            if now - self._last_sent.get(group, -math.inf) < settings.DEAD_LETTER_ALERT_SECONDS:
+            if not all_waiting and now - self._last_sent.get(group, -math.inf) < settings.DEAD_LETTER_ALERT_SECONDS:
                 continue
             del self._waiting[group]
             self._last_sent[group] = now

@@ -57,6 +57,7 @@ class Command(BaseCommand):
                 )
                 time.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+        self._alerts.send(all_waiting=True)
         self.stdout.write(f"recorded {self._recorded} dead letter(s)")
 
     @property
