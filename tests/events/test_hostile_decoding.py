@@ -46,32 +46,6 @@ SLOW = settings(FAST, max_examples=3_000)
 SUBSCRIBERS = st.sampled_from(topology.SUBSCRIBERS)
 
 
-def record_anything(**kwargs):
-    """The recorder's "record this message, whatever it is": the lead's new entry point when it
-    exists (issue 16), else ``record``."""
-    for name in ("record_anything", "record_unreadable", "record_message"):
-        if hasattr(dead_letters, name):
-            return getattr(dead_letters, name)(**kwargs)
-    return dead_letters.record(**kwargs)
-
-
-def expected_key(body: bytes, headers: dict) -> tuple[str, str]:
-    """Which FailedEvent a dead letter belongs to, from the contract (docs/operations.md, dead_letters.py):
-    its event id (the envelope's, or a task message's first argument's), else the digest of its body."""
-    try:
-        decoded = json.loads(body)
-    except (ValueError, RecursionError, UnicodeDecodeError):
-        decoded = None
-    if "task" in headers and isinstance(decoded, list) and decoded and isinstance(decoded[0], list):
-        decoded = decoded[0][0] if decoded[0] else None
-    if isinstance(decoded, dict) and "id" in decoded:
-        try:
-            return ("event", str(uuid.UUID(str(decoded["id"]))))
-        except ValueError:
-            pass
-    return ("body", hashlib.sha256(body).hexdigest())
-
-
 def jsonb_accepts(value) -> None:
     """PostgreSQL's jsonb holds ``value`` (raises what it raises if not)."""
     with transaction.atomic(), connection.cursor() as cursor:
@@ -152,13 +126,13 @@ def check_record(subscriber: topology.Subscriber, message: hostile.HostileMessag
         "content_type": received.content_type,
     }
 
-    assert record_anything(**kwargs) is True
+    assert dead_letters.record(**kwargs) is True
     rows = list(FailedEvent.objects.filter(subscriber=subscriber.name))
     assert len(rows) == 1
     [row] = rows
     assert bytes(row.body) == body[: 16 * 1024 * 1024]
     assert row.body_size == len(body)
-    kind, key = expected_key(body, received.headers)
+    kind, key = hostile.expected_record_key(body, received.headers)
     if kind == "event":
         # A readable event id is kept, whatever else the message holds (else a second dead
         # lettering of the same event makes a second record, and a replay has no id to dedupe on).
@@ -169,7 +143,7 @@ def check_record(subscriber: topology.Subscriber, message: hostile.HostileMessag
         assert row.event_id is None
         assert row.body_digest == key
     # The recorder sees the same dead letter again (a redelivery): nothing new.
-    assert record_anything(**kwargs) is False
+    assert dead_letters.record(**kwargs) is False
     assert FailedEvent.objects.filter(subscriber=subscriber.name).count() == 1
 
 
@@ -204,8 +178,10 @@ def check_batch(subscriber: topology.Subscriber, batch: list[hostile.HostileMess
     for message in batch:
         received = hostile.received(message, routing_key=subscriber.dead_letter_queue_name)
         body = dead_letters.body_bytes(received)
-        record_anything(subscriber=subscriber, body=body, headers=received.headers, content_type=received.content_type)
-        expected.add(expected_key(body, received.headers))
+        dead_letters.record(
+            subscriber=subscriber, body=body, headers=received.headers, content_type=received.content_type
+        )
+        expected.add(hostile.expected_record_key(body, received.headers))
     assert FailedEvent.objects.filter(subscriber=subscriber.name).count() == len(expected)
 
 

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
-import json
 import os
 import subprocess
 import time
@@ -137,23 +135,10 @@ def adopted_type(message: hostile.HostileMessage) -> str | None:
 
 
 def record_key(message: hostile.HostileMessage) -> tuple[str, str]:
-    """Which FailedEvent of a subscriber this message is: its event id (an envelope's, or a task
-    message's first argument's), else the message itself (distinct bodies, distinct records)."""
+    """Which FailedEvent of a subscriber this message is, decoded as the recorder reads it."""
     received = hostile.received(message)
-    body = message.body
-    try:
-        with hostile.reader_recursion_limit():  # as the recorder reads it
-            decoded = json.loads(body)
-    except (ValueError, RecursionError, UnicodeDecodeError):
-        decoded = None
-    if "task" in received.headers and isinstance(decoded, list) and decoded and isinstance(decoded[0], list):
-        decoded = decoded[0][0] if decoded[0] else None
-    if isinstance(decoded, dict) and "id" in decoded:
-        try:
-            return ("event", str(uuid.UUID(str(decoded["id"]))))
-        except ValueError:
-            pass
-    return ("body", hashlib.sha256(body).hexdigest())
+    with hostile.reader_recursion_limit():
+        return hostile.expected_record_key(message.body, received.headers)
 
 
 @dataclass

@@ -30,6 +30,7 @@ content_encoding when that codec accepts the bytes).
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
 import sys
 import uuid
@@ -717,3 +718,20 @@ def is_codec(name: str | None) -> bool:
     except LookupError:
         return False
     return True
+
+
+def expected_record_key(body: bytes, headers: dict) -> tuple[str, str]:
+    """Which FailedEvent a dead letter belongs to, from the contract (docs/operations.md, dead_letters.py):
+    its event id (the envelope's, or a task message's first argument's), else the digest of its body."""
+    try:
+        decoded = json.loads(body)
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        decoded = None
+    if "task" in headers and isinstance(decoded, list) and decoded and isinstance(decoded[0], list):
+        decoded = decoded[0][0] if decoded[0] else None
+    if isinstance(decoded, dict) and "id" in decoded:
+        try:
+            return ("event", str(uuid.UUID(str(decoded["id"]))))
+        except ValueError:
+            pass
+    return ("body", hashlib.sha256(body).hexdigest())
