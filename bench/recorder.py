@@ -28,7 +28,7 @@ FOCUS = [
     ("Command._record(): one burst read, written, acknowledged", ("Command._record (",)),
     ("read_failure(): the message read into the row's fields", ("read_failure (",)),
     ("- jsonable_headers(): headers made JSON-safe", ("jsonable_headers (",)),
-    ("- safe_json(): the payload dumped to check it", ("safe_json (",)),
+    ("- json_text(): the payload written once and checked", ("json_text (",)),
     ("- decoded_envelope(): the body parsed", ("decoded_envelope (",)),
     ("- grouping_fields(): message pattern and group key", ("grouping_fields (",)),
     ("write_failures(): the burst's transaction, one upsert each", ("write_failures (",)),

@@ -139,11 +139,6 @@ def safe_text(value: Any, limit: int | None = None) -> str:
     return text[:limit] if limit else text
 
 
-def safe_json(value: Any) -> Any:
-    """``value`` if jsonb can hold it, else None."""
-    return value if json_text(value) is not None else None
-
-
 class JsonText(str):
     """JSON already written, checked to be what jsonb holds: stored as it is (``%s::jsonb``)."""
 
