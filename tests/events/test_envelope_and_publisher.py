@@ -9,6 +9,9 @@ from marketplace.events.broker import BrokerPublisher
 from marketplace.events.envelope import InvalidEnvelope, schema_path, validate_envelope
 from tests.events.conftest import order_placed_sample
 
+# An envelope names its deployment, which is read from the database once per process.
+pytestmark = pytest.mark.django_db
+
 
 @pytest.mark.parametrize(
     ("change", "complaint"),

@@ -157,4 +157,6 @@ def resume(session_workers: dict[str, WorkerProcess], broker_url: str) -> None:
     purge_subscriber_queues(broker_url)
     for worker in session_workers.values():
         control("add_consumer", worker)
-    eventually(lambda: all(count == 1 for count in consumer_counts(broker_url)), message="workers to consume")
+    eventually(
+        lambda: all(count == 1 for count in consumer_counts(broker_url)), timeout=30, message="workers to consume"
+    )
