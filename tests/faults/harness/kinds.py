@@ -836,7 +836,8 @@ def database_restart_recorder_backlog(h: Harness) -> Row:
 def recorder_killed_mid_backlog(h: Harness) -> Row:
     """SIGKILL the recorder while it works through hundreds of dead letters, then start it again:
     whatever it had not acknowledged is delivered again, and recorded exactly once."""
-    messages = size(h, 60, 150)
+    # Big enough that the kill lands mid-backlog: the recorder writes a thousand dead letters a second.
+    messages = size(h, 60, 600)
     row = Row(f"recorder SIGKILLed mid-backlog of {messages * len(topology.SUBSCRIBERS)} dead letters, then restarted")
     buyers = h.buyers_for_row(8)
     started = time.time()
