@@ -5,8 +5,17 @@ process they start inherits the choice through the environment. tests/security/ 
 with production settings on purpose.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["MARKETPLACE_ENV"] = "development"
+# Metrics files of this pytest process and the workers it starts, in a directory of their own. The
+# default (one per database name) is read before pytest-django renames the database, so parallel
+# pytest processes (xdist, or a second run) would otherwise add up each other's counts.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="marketplace-metrics-test-")
+    atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 from marketplace.settings import *  # noqa: F403

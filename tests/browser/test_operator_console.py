@@ -140,7 +140,9 @@ def test_an_operator_replays_a_failure_group_follows_it_and_traces_an_order(
     browser.find_element(By.ID, "confirm-group-action").click()
 
     # The group's page: the replay is under way, and nothing offers to replay it again.
-    assert f"Replayed {SELLERS_FAILING} event(s)" in browser.find_element(By.CSS_SELECTOR, "ul.messagelist").text
+    # Publishing the replays with confirms can take longer than the implicit wait on a loaded machine.
+    messages = WebDriverWait(browser, 30).until(lambda _: browser.find_elements(By.CSS_SELECTOR, "ul.messagelist"))
+    assert f"Replayed {SELLERS_FAILING} event(s)" in messages[0].text, browser.page_source
     progress = browser.find_element(By.ID, "replay-progress")
     assert progress.text == f"replaying: 0 of {SELLERS_FAILING} done (0 succeeded)"
     assert not browser.find_element(By.CSS_SELECTOR, "#failure-group a.replay-group").is_displayed()
