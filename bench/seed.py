@@ -18,8 +18,8 @@ django.setup()
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import transaction  # noqa: E402
-from rest_framework.authtoken.models import Token  # noqa: E402
 
+from api_tokens.services import api_token_issue, api_token_revoke_all  # noqa: E402
 from orders.models import Product, Seller  # noqa: E402
 
 STOCK = 100_000_000
@@ -55,7 +55,9 @@ def main(products: int, buyers: int) -> None:
             if created:
                 user.set_unusable_password()
                 user.save()
-            tokens.append(Token.objects.get_or_create(user=user)[0].key)
+            # Only digests are kept: a new token each run, the previous run's revoked.
+            api_token_revoke_all(user=user, name="bench")
+            tokens.append(api_token_issue(user=user, name="bench").token)
             ids.append(user.pk)
     product_ids = list(
         Product.objects.filter(sku__startswith="BENCH-", sku__lt=f"BENCH-{products:05d}").values_list("id", flat=True)

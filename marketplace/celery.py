@@ -14,13 +14,17 @@ amqp_internals.install()
 
 app = Celery("marketplace")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-# Periodic maintenance (retention: events/tasks.py) has a queue and a worker of its own, so it never
-# waits behind a subscriber's backlog; `celery beat` sends it (settings.CELERY_BEAT_SCHEDULE).
+# Periodic maintenance (retention: events/tasks.py; rate-limit counters: ratelimits/tasks.py) has a
+# queue and a worker of its own, so it never waits behind a subscriber's backlog; `celery beat`
+# sends it (settings.CELERY_BEAT_SCHEDULE).
 MAINTENANCE_QUEUE = Queue(
     "marketplace.maintenance", durable=True, queue_arguments={"x-queue-type": topology.QUEUE_TYPE}
 )
 app.conf.task_queues = (*topology.celery_queues(), MAINTENANCE_QUEUE)
-app.conf.task_routes = {"events.prune_events": {"queue": MAINTENANCE_QUEUE.name}}
+app.conf.task_routes = {
+    "events.prune_events": {"queue": MAINTENANCE_QUEUE.name},
+    "ratelimits.prune_counters": {"queue": MAINTENANCE_QUEUE.name},
+}
 app.autodiscover_tasks()
 
 

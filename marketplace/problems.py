@@ -17,6 +17,7 @@ from rest_framework.views import set_rollback
 
 from marketplace.exceptions import DomainError
 from marketplace.parsers import PayloadTooLarge
+from marketplace.ratelimits.throttles import throttle_refused_credentials
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_BASE_URI = "https://marketplace.example/problems/"
@@ -27,6 +28,8 @@ DATABASE_RETRY_AFTER_SECONDS = 5
 # reset, closed, timed out) or a transient failure of its own (deadlock, cancelled statement), not a
 # bad query: the same request may succeed later, so they are a 503, not a 500.
 DATABASE_UNAVAILABLE_ERRORS = (OperationalError, InterfaceError)
+# No credentials, or wrong ones (a token guess): counted against the client's address.
+REFUSED_CREDENTIALS = (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)
 
 _DRF_PROBLEMS: list[tuple[type[exceptions.APIException], str, str]] = [
     (exceptions.ValidationError, "validation-error", "Invalid request"),
@@ -58,6 +61,15 @@ class ProblemSerializer(serializers.Serializer):
     instance = serializers.CharField(help_text="The request path.")
     request_id = serializers.CharField()
     errors = FieldError(many=True, required=False, help_text="Per-field errors (400 only).")
+
+
+class RateLimitedProblemSerializer(ProblemSerializer):
+    """Documents a 429's body."""
+
+    errors = None
+    retry_after = serializers.IntegerField(
+        min_value=1, help_text="Seconds until the rate limit's window ends, as in `Retry-After`."
+    )
 
 
 def problem(request, *, status: int, slug: str, title: str, detail: str, **extensions: Any) -> dict[str, Any]:
@@ -103,6 +115,13 @@ def problem_exception_handler(exc, context):
     Django logs one. Django would otherwise answer those itself, with its HTML debug page under DEBUG.
     """
     request = context.get("request")
+    if isinstance(exc, REFUSED_CREDENTIALS) and request is not None:
+        # DRF checks throttles after authentication and permissions: a request refused for its
+        # credentials never reached them, and counts against its address here.
+        try:
+            exc = throttle_refused_credentials(request) or exc
+        except DATABASE_UNAVAILABLE_ERRORS as unavailable:
+            exc = unavailable
     if isinstance(exc, DATABASE_UNAVAILABLE_ERRORS):
         set_rollback()
         response = _database_unavailable_response(request, Response)
@@ -144,6 +163,7 @@ def problem_exception_handler(exc, context):
         headers["WWW-Authenticate"] = exc.auth_header
     if getattr(exc, "wait", None):
         headers["Retry-After"] = str(int(exc.wait))
+        extensions["retry_after"] = int(exc.wait)
     set_rollback()
     body = problem(request, status=exc.status_code, slug=slug, title=title, detail=detail, **extensions)
     return Response(body, status=exc.status_code, headers=headers, content_type=PROBLEM_CONTENT_TYPE)

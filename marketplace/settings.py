@@ -8,11 +8,13 @@ localhost.
 """
 
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
 import environ
 from celery.schedules import crontab
+from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 from marketplace.checks import (
@@ -22,6 +24,7 @@ from marketplace.checks import (
     check_production_settings,
 )
 from marketplace.events import topology
+from marketplace.ratelimits.rates import rate_setting
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -62,6 +65,53 @@ SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=not DEVELOP
 # The admin's session and CSRF cookies travel over HTTPS only.
 SESSION_COOKIE_SECURE = env.bool("DJANGO_SESSION_COOKIE_SECURE", default=not DEVELOPING)
 CSRF_COOKIE_SECURE = env.bool("DJANGO_CSRF_COOKIE_SECURE", default=not DEVELOPING)
+# How many proxies in front of gunicorn append the address they were reached from to
+# X-Forwarded-For: the client's address is that many entries from the right, which no client can
+# forge (marketplace/client_ip.py). 0: no proxy, the connection's own address. Login lockouts and
+# the API's rate limits count clients by it (DRF's own throttles too, through NUM_PROXIES).
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0 if DEVELOPING else 1)
+
+# --- Login lockout (django-axes; docs/operations.md, "Login lockout") --------------------------
+# Every login that goes through django.contrib.auth.authenticate() with a request (the admin's,
+# the browsable API's) is refused for a cool-off once one username failed LOGIN_FAILURE_LIMIT times
+# from one client address. Keyed on the pair, so an attacker locks an account out from their own
+# address only, never from the operator's.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out pair before any password check
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+# Counted from the last failure: an attempt during the lockout starts the wait again. 0: locked
+# until an operator resets it (manage.py axes_reset_username).
+_lockout_minutes = env.int("LOGIN_LOCKOUT_MINUTES", default=15)
+AXES_COOLOFF_TIME = timedelta(minutes=_lockout_minutes) if _lockout_minutes > 0 else None
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "marketplace.lockout.lockout_address"
+AXES_LOCKOUT_CALLABLE = "marketplace.lockout.locked_out"
+# Masked in axes' log lines and in the request data it stores with each failed attempt (the
+# password always is): a username field sometimes holds a password typed one field too early.
+AXES_SENSITIVE_PARAMETERS = ["username", "ip_address", "csrfmiddlewaretoken"]
+# No "AXES: BEGIN version ..." line at the start of every process (manage.py's output included).
+AXES_VERBOSE = False
+
+# --- Content Security Policy (django-csp; docs/operations.md, "Content Security Policy") -------
+# Scripts and styles from our own origin only: no inline script or style unless it carries the
+# response's nonce ({{ request.csp_nonce }}; the header names it only on pages that use it). The
+# admin and the operator console need nothing more. The API docs pages relax styles, images and
+# workers for themselves (marketplace/api_pages.py); Flower sends this policy too
+# (marketplace/metrics/flower.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF, NONCE],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -70,28 +120,35 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
+    "csp",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "marketplace.events",
+    "marketplace.ratelimits",
     "orders",
     "notifications",
     "segmentation",
     "loyalty",
+    "api_tokens",
 ]
 
 MIDDLEWARE = [
     "marketplace.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a login refused for lockout into its page (marketplace/lockout.py).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "marketplace.urls"
@@ -100,7 +157,7 @@ WSGI_APPLICATION = "marketplace.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "marketplace" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -151,16 +208,24 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = DEBUG
 
 # --- REST API -------------------------------------------------------------------------------
+# Rate limits (marketplace/ratelimits/; docs/operations.md, "Rate limits"): orders one buyer may
+# place, and requests without valid credentials (none, or a wrong token) one client address may
+# make, per window: "N/second", "N/minute", "N/hour" or "N/day"; empty: no limit. Past one, 429
+# with Retry-After. Counted in PostgreSQL, so every web process shares them.
+API_RATE_LIMIT_ORDERS = rate_setting("API_RATE_LIMIT_ORDERS", env("API_RATE_LIMIT_ORDERS", default="30/minute"))
+API_RATE_LIMIT_UNAUTHENTICATED = rate_setting(
+    "API_RATE_LIMIT_UNAUTHENTICATED", env("API_RATE_LIMIT_UNAUTHENTICATED", default="120/minute")
+)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "api_tokens.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PARSER_CLASSES": ["marketplace.parsers.BoundedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
-        "rest_framework.renderers.BrowsableAPIRenderer",
+        "marketplace.renderers.BrowsableAPIRenderer",  # DRF's, under the Content Security Policy
     ],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
@@ -168,6 +233,11 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "marketplace.problems.problem_exception_handler",
     "UNAUTHENTICATED_USER": None,
+    # Throttles tell clients apart by the address TRUSTED_PROXY_COUNT finds (unset, DRF would take
+    # X-Forwarded-For whole, as the client sent it).
+    "NUM_PROXIES": TRUSTED_PROXY_COUNT,
+    "DEFAULT_THROTTLE_CLASSES": ["marketplace.ratelimits.throttles.UnauthenticatedThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"orders": API_RATE_LIMIT_ORDERS, "unauthenticated": API_RATE_LIMIT_UNAUTHENTICATED},
 }
 
 SPECTACULAR_SETTINGS = {
@@ -183,6 +253,19 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
 }
+
+# --- API tokens (docs/operations.md, "API tokens") ------------------------------------------
+# `Authorization: Token <token>`, checked against django-rest-knox's digests (api_tokens/): a token
+# is shown once, when issued, and expires this long after (DRF tokens converted by the migration
+# too, counted from the migration).
+API_TOKEN_TTL = timedelta(days=env.float("API_TOKEN_TTL_DAYS", default=30))
+# Live (unexpired) tokens one user may hold at once.
+API_TOKEN_LIMIT_PER_USER = env.int("API_TOKEN_LIMIT_PER_USER", default=10)
+KNOX_TOKEN_MODEL = "api_tokens.ApiToken"  # noqa: S105 - a model name, not a secret
+REST_KNOX = {"TOKEN_TTL": API_TOKEN_TTL, "AUTH_HEADER_PREFIX": "Token"}
+# knox's own migrations would create the table of its default token model, which KNOX_TOKEN_MODEL
+# replaces: without them no second, empty token table exists.
+MIGRATION_MODULES = {"knox": None}
 
 # --- Orders ---------------------------------------------------------------------------------
 MARKETPLACE_CURRENCY = env("MARKETPLACE_CURRENCY", default="EUR")
@@ -308,11 +391,17 @@ RETENTION_BATCH_SIZE = env.int("RETENTION_BATCH_SIZE", default=1000)
 # When `celery beat` has the maintenance worker run prune_events: a crontab expression
 # (minute hour day-of-month month day-of-week), in UTC.
 RETENTION_SCHEDULE = env("RETENTION_SCHEDULE", default="30 3 * * *")
-# The task is routed to the maintenance queue (marketplace/celery.py). A run still waiting after
+# The tasks are routed to the maintenance queue (marketplace/celery.py). A run still waiting after
 # 6 hours (its worker was down) is dropped: the next one does the same work.
 CELERY_BEAT_SCHEDULE = {
     "prune-events": {
         "task": "events.prune_events",
+        "schedule": crontab.from_string(RETENTION_SCHEDULE),
+        "options": {"expires": 6 * 3600},
+    },
+    # The rate limits' counters of ended windows (marketplace/ratelimits/), at the same time.
+    "prune-rate-limit-counters": {
+        "task": "ratelimits.prune_counters",
         "schedule": crontab.from_string(RETENTION_SCHEDULE),
         "options": {"expires": 6 * 3600},
     },

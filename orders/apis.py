@@ -13,7 +13,9 @@ from marketplace.problems import (
     DATABASE_RETRY_AFTER_SECONDS,
     PROBLEM_CONTENT_TYPE,
     ProblemSerializer,
+    RateLimitedProblemSerializer,
 )
+from marketplace.ratelimits.throttles import OrderPlacementThrottle
 from orders import selectors, services
 from orders.filters import MAX_ID, ProductFilter
 from orders.serializers import (
@@ -49,14 +51,27 @@ DATABASE_UNAVAILABLE = {
         "`Idempotency-Key`, so that it is never placed twice)."
     )
 }
+# Every operation counts the requests without valid credentials of each client address
+# (marketplace/ratelimits/): past the limit, it answers 429 with Retry-After.
+RATE_LIMITED = {
+    (429, PROBLEM_CONTENT_TYPE): _problem(
+        "Too many requests without valid credentials (none, or a wrong token) from this client address "
+        "(`API_RATE_LIMIT_UNAUTHENTICATED`): until the window ends, after `Retry-After` seconds, every "
+        "request from it is refused, with credentials or without.",
+        RateLimitedProblemSerializer,
+    )
+}
 # A response header: drf-spectacular takes those as parameters with `response` set.
 RETRY_AFTER = OpenApiParameter(
     "Retry-After",
     {"type": "integer", "minimum": 1},
     OpenApiParameter.HEADER,
     required=True,
-    response=[503],
-    description=f"Seconds to wait before retrying ({DATABASE_RETRY_AFTER_SECONDS}).",
+    response=[429, 503],
+    description=(
+        f"Seconds to wait before retrying: {DATABASE_RETRY_AFTER_SECONDS} after a 503; after a 429, "
+        "until the rate limit's window ends."
+    ),
 )
 NOT_AUTHENTICATED = {(401, PROBLEM_CONTENT_TYPE): _problem("Missing or bad token.")}
 ORDER_ID = OpenApiParameter("order_id", {"type": "integer", "minimum": 1, "maximum": MAX_ID}, OpenApiParameter.PATH)
@@ -89,6 +104,7 @@ class ProductListApi(generics.ListAPIView):
             (200, JSON): ProductOutputSerializer(many=True),
             **PAGE_PROBLEMS,
             **NOT_AUTHENTICATED,
+            **RATE_LIMITED,
             **DATABASE_UNAVAILABLE,
         },
     )
@@ -103,6 +119,12 @@ class OrderListCreateApi(generics.GenericAPIView):
     def get_queryset(self):
         return selectors.order_list(buyer=self.request.user)
 
+    def get_throttles(self):
+        # Placing an order has a limit of its own, per buyer; reading one's orders has none.
+        if self.request.method == "POST":
+            return [*super().get_throttles(), OrderPlacementThrottle()]
+        return super().get_throttles()
+
     @extend_schema(
         summary="List my orders",
         description="My orders, newest first, paginated.",
@@ -111,6 +133,7 @@ class OrderListCreateApi(generics.GenericAPIView):
             (200, JSON): OrderOutputSerializer(many=True),
             **PAGE_PROBLEMS,
             **NOT_AUTHENTICATED,
+            **RATE_LIMITED,
             **DATABASE_UNAVAILABLE,
         },
     )
@@ -171,6 +194,12 @@ class OrderListCreateApi(generics.GenericAPIView):
             (422, PROBLEM_CONTENT_TYPE): _problem(
                 "Idempotency-Key reused with a different request body.", IdempotencyKeyReusedProblemSerializer
             ),
+            (429, PROBLEM_CONTENT_TYPE): _problem(
+                "Too many orders from this buyer in the current window (`API_RATE_LIMIT_ORDERS`; every "
+                "attempt counts), or too many requests without valid credentials from this client address "
+                "(`API_RATE_LIMIT_UNAUTHENTICATED`). Nothing was placed; retry after `Retry-After` seconds.",
+                RateLimitedProblemSerializer,
+            ),
             **DATABASE_UNAVAILABLE,
         },
     )
@@ -215,6 +244,7 @@ class OrderDetailApi(generics.GenericAPIView):
             (200, JSON): OrderOutputSerializer,
             **NOT_AUTHENTICATED,
             **NOT_ONE_OF_MY_ORDERS,
+            **RATE_LIMITED,
             **DATABASE_UNAVAILABLE,
         },
     )
@@ -246,6 +276,7 @@ class OrderCancelApi(generics.GenericAPIView):
             (409, PROBLEM_CONTENT_TYPE): _problem(
                 "The order is in a state it cannot be cancelled from.", OrderNotCancellableProblemSerializer
             ),
+            **RATE_LIMITED,
             **DATABASE_UNAVAILABLE,
         },
     )

@@ -11,9 +11,11 @@ import os
 import uuid
 from pathlib import Path
 
+import django.test
 import pytest
 from django.conf import settings
 from django.db import connection
+from django.http import HttpRequest
 from kombu import Connection
 
 from marketplace.celery import app as celery_app
@@ -186,6 +188,26 @@ def recorder(start_recorder, workers):
     process = start_recorder()
     yield process
     process.stop()
+
+
+# --- logins -------------------------------------------------------------------------------------
+
+
+class Client(django.test.Client):
+    """Django's test client, whose login() hands authenticate() a request, as django-axes (first of
+    AUTHENTICATION_BACKENDS) requires of every caller; Django's own passes none and would raise
+    AxesBackendRequestParameterRequired. force_login() authenticates nothing: it needs no help."""
+
+    def login(self, **credentials) -> bool:
+        request = HttpRequest()
+        request.META["REMOTE_ADDR"] = "127.0.0.1"  # where the test client's own requests come from
+        return super().login(request=request, **credentials)
+
+
+@pytest.fixture
+def client() -> Client:
+    """pytest-django's ``client``, with a login() that django-axes accepts."""
+    return Client()
 
 
 # --- API ----------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@ from decimal import Decimal
 
 import factory
 from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
 
+from api_tokens.services import api_token_issue
 from orders.models import Product, Seller
 
 
@@ -38,4 +38,8 @@ class ProductFactory(factory.django.DjangoModelFactory):
 
 
 def token_for(user) -> str:
-    return Token.objects.get_or_create(user=user)[0].key
+    """An API token of ``user``: issued on the first call, the same one after. Only its digest is
+    kept, so the token is remembered on this user instance."""
+    if not hasattr(user, "_test_api_token"):
+        user._test_api_token = api_token_issue(user=user, name="test").token
+    return user._test_api_token

@@ -11,6 +11,10 @@ import shutil
 import tempfile
 
 os.environ["MARKETPLACE_ENV"] = "development"
+# Rate limits no test reaches by accident (each check still runs); tests/ratelimits/ sets small ones
+# for itself. Through the environment, so that the processes tests start count the same way.
+os.environ["API_RATE_LIMIT_ORDERS"] = "100000/minute"
+os.environ["API_RATE_LIMIT_UNAUTHENTICATED"] = "100000/minute"
 # Metrics files of this pytest process and the workers it starts, in a directory of their own. The
 # default (one per database name) is read before pytest-django renames the database, so parallel
 # pytest processes (xdist, or a second run) would otherwise add up each other's counts.

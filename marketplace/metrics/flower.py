@@ -21,13 +21,21 @@ It also makes two of Flower's views tell the truth about this deployment:
   start alongside it are not listening yet, and each method logs "Inspect method ... failed".
   Nobody answering is not a failure: that is logged once, at INFO; the Workers page inspects
   again when opened. A worker that answers with an error is still a warning.
+
+And every page it serves carries the web's Content Security Policy (settings.CONTENT_SECURITY_POLICY,
+built by django-csp), with what Flower's own pages need added: its one inline script and its
+style="" attributes, each allowed by hash, and the data: images of its Bootstrap CSS.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import os
+import re
 import sys
+from pathlib import Path
 from urllib.parse import unquote
 
 from prometheus_client import values
@@ -90,6 +98,69 @@ def show_deployment_queues() -> None:
     broker.RabbitMQ.queues = queues
 
 
+def send_content_security_policy() -> None:
+    """Every Flower response carries our Content Security Policy, adapted to Flower's pages."""
+    from csp.constants import SELF, UNSAFE_HASHES
+    from csp.utils import build_policy, default_config
+    from django.conf import settings
+    from flower.views import BaseHandler
+
+    policy = build_policy(
+        config=default_config(settings.CONTENT_SECURITY_POLICY["DIRECTIVES"]),
+        update={
+            "script-src": flower_inline_script_hashes(),
+            "style-src-attr": [UNSAFE_HASHES, *flower_style_attribute_hashes()],
+            "img-src": [SELF, "data:"],
+        },
+    )
+    set_default_headers = BaseHandler.set_default_headers
+
+    def set_default_headers_and_policy(self) -> None:
+        set_default_headers(self)
+        self.set_header("Content-Security-Policy", policy)
+
+    BaseHandler.set_default_headers = set_default_headers_and_policy
+
+
+# The one inline script of Flower's templates (workers.html: "var autorefresh = {{ autorefresh }};",
+# 1 or 0 as views/workers.py renders it).
+FLOWER_INLINE_SCRIPT = ("workers.html", "autorefresh", (0, 1))
+
+
+def flower_inline_script_hashes() -> list[str]:
+    """Hashes of that script as Flower renders it, read from the installed Flower's own template
+    (with the same whitespace handling). Should an upgrade change it, the script is refused and
+    tests/browser/test_flower_console.py fails on the violation."""
+    from tornado import template
+
+    name, variable, values = FLOWER_INLINE_SCRIPT
+    return [
+        _hash_source(template.Template(body, name=name).generate(**{variable: value}))
+        for body in re.findall(
+            r"<script[^>]*>(.*?)</script>", (_flower_templates() / name).read_text(), flags=re.DOTALL
+        )
+        if body.strip()
+        for value in values
+    ]
+
+
+def flower_style_attribute_hashes() -> list[str]:
+    """Hashes of the fixed style="" attributes in Flower's templates (a column's width)."""
+    templates = _flower_templates().glob("*.html")
+    values = {value for path in templates for value in re.findall(r'style="([^"{}]*)"', path.read_text())}
+    return [_hash_source(value.encode()) for value in sorted(values)]
+
+
+def _flower_templates() -> Path:
+    from flower import urls
+
+    return Path(urls.settings["template_path"])
+
+
+def _hash_source(text: bytes) -> str:
+    return f"'sha256-{base64.b64encode(hashlib.sha256(text).digest()).decode()}'"
+
+
 class NoWorkerAnswered(logging.Filter):
     """Flower's 'Inspect method %s failed' without a reason means no worker answered at all (none
     is up yet, or none is up): said once, at INFO, rather than a warning per method."""
@@ -118,6 +189,7 @@ def main(argv: list[str]) -> int:
     values.ValueClass = values.MutexValue
     protect_metrics()
     show_deployment_queues()
+    send_content_security_policy()
     logging.getLogger("flower.inspector").addFilter(NoWorkerAnswered())
     from celery.bin.celery import main as celery
 

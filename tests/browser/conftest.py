@@ -1,11 +1,21 @@
 """A real headless Chromium (the OS packages chromium and chromium-driver, which bin/test installs
-when it may), driven by Selenium against pytest-django's live server."""
+when it may), driven by Selenium against pytest-django's live server.
+
+Every test that uses the browser also fails when Chromium logged a Content Security Policy
+violation on any page it visited (pytest_runtest_call below): a page our policy breaks fails the
+test that visits it, whatever that test asserts.
+"""
 
 from __future__ import annotations
 
 import shutil
 
 import pytest
+
+# How Chromium's console words what a Content Security Policy blocked: "Executing inline script
+# violates the following Content Security Policy directive ...", "Loading the image ... violates
+# ..."; older releases say "Refused to ...".
+CSP_VIOLATION_MARKERS = ("Content Security Policy", "Refused to")
 
 
 def _chromedriver() -> str | None:
@@ -23,12 +33,34 @@ def browser():
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
+    # Console messages of every level, CSP violations among them, for csp_violations().
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.implicitly_wait(5)
     yield driver
     driver.quit()
+
+
+def csp_violations(driver) -> list[str]:
+    """The CSP violations Chromium logged since the last call (reading the log empties it)."""
+    return [
+        entry["message"]
+        for entry in driver.get_log("browser")
+        if any(marker in entry["message"] for marker in CSP_VIOLATION_MARKERS)
+    ]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """Once a browser test's own assertions passed: no CSP violation on any page it visited."""
+    result = yield
+    driver = item.funcargs.get("browser")
+    if driver is not None:
+        violations = csp_violations(driver)
+        assert not violations, "Content Security Policy violations:\n" + "\n".join(violations)
+    return result
 
 
 @pytest.fixture

@@ -78,6 +78,20 @@ def test_an_order_while_the_database_is_unreachable_is_a_503_and_then_goes_throu
     assert Order.objects.count() == 2
 
 
+def test_a_request_without_credentials_is_a_503_when_its_count_cannot_be_written(
+    server_behind_proxy, database_proxy, settings
+):
+    """Refused for its missing token, it would be a 401; first it counts against its address's rate
+    limit, in the database (marketplace/ratelimits/). Under DEBUG too, where no handler500 would
+    turn a failure to count into a 503."""
+    settings.DEBUG = True
+    database_proxy.cut()
+
+    response = requests.get(f"{server_behind_proxy.url}/api/orders/", timeout=30)
+
+    assert_unavailable(response, "/api/orders/")
+
+
 def test_outside_the_api_views_an_unreachable_database_is_a_503_too(server_behind_proxy, database_proxy, settings):
     """Django's handler500 (DEBUG off): the admin reads the session a cookie names from the database."""
     settings.DEBUG = False

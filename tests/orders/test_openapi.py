@@ -41,6 +41,9 @@ def test_the_served_schema_is_valid_and_public(schema):
         "/api/orders/",
         "/api/orders/{order_id}/",
         "/api/orders/{order_id}/cancel/",
+        "/api/tokens/",
+        "/api/tokens/current/",
+        "/api/tokens/{token_id}/",
     }
 
 
@@ -48,10 +51,10 @@ def test_placing_an_order_documents_every_outcome(schema):
     operation = schema["paths"]["/api/orders/"]["post"]
 
     responses = operation["responses"]
-    assert set(responses) == {"201", "400", "401", "409", "413", "415", "422", "503"}
+    assert set(responses) == {"201", "400", "401", "409", "413", "415", "422", "429", "503"}
     assert responses["201"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/OrderOutput"}
     assert responses["201"]["headers"]["Location"]["required"] is True
-    for status in ("400", "401", "409", "413", "415", "422", "503"):
+    for status in ("400", "401", "409", "413", "415", "422", "429", "503"):
         assert list(responses[status]["content"]) == [PROBLEM_CONTENT_TYPE], status
     assert responses["409"]["content"][PROBLEM_CONTENT_TYPE]["schema"]["$ref"].endswith("/InsufficientStockProblem")
     assert "Idempotency-Key" in [parameter["name"] for parameter in operation["parameters"]]
@@ -74,13 +77,27 @@ def test_the_idempotency_key_constraints_are_documented(schema):
 def test_every_operation_has_a_summary_and_documents_a_503_with_retry_after(schema):
     operations = [operation for path in schema["paths"].values() for operation in path.values()]
 
-    assert len(operations) == 5
+    assert len(operations) == 10
     for operation in operations:
         assert operation["summary"], operation["operationId"]
         unavailable = operation["responses"]["503"]
         assert list(unavailable["content"]) == [PROBLEM_CONTENT_TYPE], operation["operationId"]
         assert unavailable["headers"]["Retry-After"]["required"] is True
         assert unavailable["headers"]["Retry-After"]["schema"]["type"] == "integer"
+
+
+def test_every_operation_documents_a_429_with_retry_after(schema):
+    """Every view counts requests without valid credentials per client address (marketplace/ratelimits/)."""
+    operations = [operation for path in schema["paths"].values() for operation in path.values()]
+
+    for operation in operations:
+        limited = operation["responses"]["429"]
+        assert limited["content"][PROBLEM_CONTENT_TYPE]["schema"]["$ref"].endswith("/RateLimitedProblem")
+        assert limited["headers"]["Retry-After"]["required"] is True
+        assert limited["headers"]["Retry-After"]["schema"] == {"type": "integer", "minimum": 1}
+    body = schema["components"]["schemas"]["RateLimitedProblem"]
+    assert "retry_after" in body["required"]
+    assert "errors" not in body["properties"]
 
 
 @pytest.mark.parametrize("path", ["/api/orders/", "/api/products/"])
@@ -187,3 +204,25 @@ def test_redoc_scripts_are_served_locally(client, settings):
     html = response.content.decode()
     assert not re.findall(r'<script[^>]+src="(https?:[^"]*)"', html)
     assert "/static/drf_spectacular_sidecar/redoc/bundles/redoc.standalone.js" in local_assets_served(client, html)
+
+
+def test_a_token_is_issued_for_a_password_and_managed_with_a_token(schema):
+    """Issuing takes HTTP Basic only: a token never gets another token (it could outlive its expiry)."""
+    tokens = schema["paths"]["/api/tokens/"]
+    operations = [tokens["get"], tokens["delete"], *schema["paths"]["/api/tokens/current/"].values()]
+    operations += schema["paths"]["/api/tokens/{token_id}/"].values()
+
+    assert tokens["post"]["security"] == [{"basicAuth": []}]
+    assert tokens["post"]["responses"]["201"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/IssuedApiTokenOutput"
+    )
+    assert tokens["post"]["responses"]["201"]["headers"]["Cache-Control"]["required"] is True
+    assert "409" in tokens["post"]["responses"]
+    for operation in operations:
+        assert operation["security"] == [{"tokenAuth": []}], operation["operationId"]
+    assert schema["components"]["securitySchemes"]["tokenAuth"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "Authorization",
+        "description": 'Token-based authentication with required prefix "Token"',
+    }

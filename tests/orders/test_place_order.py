@@ -175,10 +175,11 @@ def test_a_whole_number_written_with_a_decimal_point_is_an_integer(api):
 def test_placing_an_order_takes_only_the_statements_it_must(api, django_assert_max_num_queries):
     hammer, bolts = ProductFactory(stock=5), ProductFactory(stock=5)
 
-    # The token; the products locked; the order (with its total), stock, lines and outbox row
-    # written; the transaction around them. Nothing that was just written is read back.
+    # The token; the rate limits (the address's count read, the buyer's counted); the products
+    # locked; the order (with its total), stock, lines and outbox row written; the transaction
+    # around them. Nothing that was just written is read back.
     # (An Idempotency-Key adds its lock, its lookup and its row.)
-    with django_assert_max_num_queries(8):
+    with django_assert_max_num_queries(10):
         response = place(api, (hammer, 1), (bolts, 2))
 
     assert response.status_code == 201, response.content

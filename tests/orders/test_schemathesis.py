@@ -17,6 +17,7 @@ generated orders name real products (``name_existing_products``), and each comes
 or, within a stateful scenario, with a new key.
 """
 
+import base64
 import copy
 import re
 import uuid
@@ -25,8 +26,10 @@ import hypothesis
 import pytest
 import requests
 import schemathesis
-from django.test import Client
+from django.conf import settings as django_settings
+from django.test import Client, override_settings
 
+from api_tokens.services import api_token_issue
 from orders.apis import IDEMPOTENCY_KEY_PATTERN, MAX_IDEMPOTENCY_KEY_LENGTH
 from orders.filters import MAX_ID
 from tests.factories import BuyerFactory, ProductFactory, SellerFactory, token_for
@@ -49,7 +52,9 @@ def served_schema() -> dict:
     (``schemathesis.pytest.from_fixture``, which would read it from the live server, fails on
     pytest 9.2: it sets ``Node._nodeid``, which pytest no longer has.)"""
     # A host from the default ALLOWED_HOSTS: pytest-django adds "testserver" only when tests start.
-    response = Client(HTTP_HOST="localhost").get("/api/schema/", {"format": "json"})
+    # No rate limit: its counts live in the database, which is not there yet.
+    with override_settings(REST_FRAMEWORK={**django_settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {}}):
+        response = Client(HTTP_HOST="localhost").get("/api/schema/", {"format": "json"})
     assert response.status_code == 200, response.content
     return response.json()
 
@@ -117,11 +122,40 @@ def authorized(token: str) -> dict:
     return {"Authorization": f"Token {token}"}
 
 
+PASSWORD = "fuzzing-password"
+TOKENS_PATH = "/api/tokens/"
+
+
+def with_password(buyer) -> dict:
+    """The buyer's password as HTTP Basic credentials, which issuing a token takes."""
+    buyer.set_password(PASSWORD)
+    buyer.save()
+    return {"Authorization": "Basic " + base64.b64encode(f"{buyer.username}:{PASSWORD}".encode()).decode()}
+
+
+def token_case_credentials(case) -> dict:
+    """A new buyer for each call of the token API, so that a revocation never takes the token the
+    other calls use: a password to issue a token; else a token, and a valid ``token_id`` becomes
+    that token's id (204), an invalid one stays (404)."""
+    buyer = BuyerFactory()
+    if case.method.upper() == "POST":
+        return with_password(buyer)
+    issued = api_token_issue(user=buyer)
+    token_id = (case.path_parameters or {}).get("token_id")
+    if type(token_id) is int and 1 <= token_id <= MAX_ID:
+        case.path_parameters = {**case.path_parameters, "token_id": issued.api_token.pk}
+    return authorized(issued.token)
+
+
 @schema.parametrize()
 @hypothesis.settings(FUZZ_SETTINGS, max_examples=MAX_EXAMPLES)
 def test_every_operation_keeps_the_contract_of_the_schema(case, live_server, settings, product_ids, shopper):
     settings.DEBUG = True  # the development default (DJANGO_DEBUG), where the findings of issue 9 were
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # one password per call
     token, order_ids = shopper
+    if case.path.startswith(TOKENS_PATH):
+        case.call_and_validate(base_url=live_server.url, headers=token_case_credentials(case), timeout=10)
+        return
     # Real products and orders, and a new buyer for each order placed: an Idempotency-Key is per
     # buyer, and the fuzzer drawing one twice with two bodies is a 422.
     if case.method.upper() == "POST":
@@ -136,11 +170,15 @@ def test_every_operation_keeps_the_contract_of_the_schema(case, live_server, set
 def test_sequences_of_calls_keep_the_contract_of_the_schema(live_server, settings, product_ids):
     """Adds the checks only a sequence can make: an order just placed can be read, and so on."""
     settings.DEBUG = True
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
     class Scenario(schema.as_state_machine()):
         def setup(self):
-            # One buyer per scenario: the orders it places are its own to read.
-            self.token = token_for(BuyerFactory())
+            # One buyer per scenario: the orders it places are its own to read, the tokens it
+            # issues (with its password) its own to revoke.
+            buyer = BuyerFactory()
+            self.token = token_for(buyer)
+            self.password = with_password(buyer)
 
         def before_call(self, case):
             # Real products, and a key of its own for each order: the scenario's buyer is the same
@@ -151,6 +189,8 @@ def test_sequences_of_calls_keep_the_contract_of_the_schema(live_server, setting
                     case.headers = {**case.headers, "Idempotency-Key": uuid.uuid4().hex}
 
         def get_call_kwargs(self, case):
-            return {"base_url": live_server.url, "headers": authorized(self.token), "timeout": 10}
+            issuing = case.method.upper() == "POST" and case.path == TOKENS_PATH
+            headers = self.password if issuing else authorized(self.token)
+            return {"base_url": live_server.url, "headers": headers, "timeout": 10}
 
     Scenario.run(settings=hypothesis.settings(FUZZ_SETTINGS, max_examples=STATEFUL_SCENARIOS, stateful_step_count=5))

@@ -4,10 +4,11 @@ import re
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from api_tokens.models import ApiToken
 from orders.models import Product, Seller
+from tests.factories import token_for
 
 pytestmark = pytest.mark.django_db
 
@@ -23,24 +24,43 @@ def counts() -> dict[str, int]:
         "sellers": Seller.objects.count(),
         "products": Product.objects.count(),
         "users": get_user_model().objects.count(),
-        "tokens": Token.objects.count(),
+        "tokens": ApiToken.objects.count(),
     }
 
 
-def test_seeding_twice_creates_everything_once_and_prints_the_same_tokens():
+def printed_tokens(output: str) -> list[str]:
+    return re.findall(r"Authorization: Token (\w+)", output)
+
+
+def authenticates(token: str) -> bool:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    return client.get("/api/orders/").status_code == 200
+
+
+def test_seeding_twice_creates_everything_once_and_prints_new_tokens_that_replace_the_old():
     first_output = seed()
     after_first = counts()
 
     second_output = seed()
 
-    assert counts() == after_first
+    assert counts() == after_first  # one token per demo buyer: restarts pile up none
     assert after_first["sellers"] > 0
     assert after_first["products"] > 0
-    tokens = re.findall(r"Authorization: Token (\w+)", first_output)
-    assert tokens
-    assert re.findall(r"Authorization: Token (\w+)", second_output) == tokens
-    assert set(tokens) <= set(Token.objects.values_list("key", flat=True))
+    first, second = printed_tokens(first_output), printed_tokens(second_output)
+    assert len(first) == len(second) == after_first["tokens"] == 2
+    assert set(first).isdisjoint(second)
+    assert [authenticates(token) for token in first + second] == [False, False, True, True]
     assert get_user_model().objects.get(username="admin").is_superuser
+
+
+def test_seeding_leaves_a_demo_buyers_other_tokens_alone():
+    seed()
+    own = token_for(get_user_model().objects.get(username="alice"))
+
+    seed()
+
+    assert authenticates(own)
 
 
 def test_seeding_keeps_stock_that_orders_have_taken():

@@ -1,11 +1,13 @@
 """No API token, Authorization header, webhook secret or password lands where people read.
 
 One test sends what carries secrets (a wrong token, a right token with bad requests, wrong and right
-metrics credentials, an admin login attempt) and makes a seller's webhook, whose URL carries a user,
-password and token and whose signing secret is set, refuse a notification, which is dead-lettered
-and recorded. Then it reads every place a secret could land: every logger (caplog, root level),
-the response bodies, the alert emails, the FailedEvent, DeliveryAttempt and Notification rows,
-a /metrics scrape and the log files of the worker processes.
+metrics credentials, an admin login attempt; a wrong password on the token API, a token issued for
+the right one, then used, revoked and sent again, an expired token) and makes a seller's webhook,
+whose URL carries a user, password and token and whose signing secret is set, refuse a
+notification, which is dead-lettered and recorded. Then it reads every place a secret could land:
+every logger (caplog, root level), the response bodies (but the one that issues a token, its only
+way out), the alert emails, the FailedEvent, DeliveryAttempt, Notification and ApiToken rows, a
+/metrics scrape and the log files of the worker processes.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from pathlib import Path
 import pytest
 from django.core import mail
 from django.db import models
+from django.utils import timezone
 from rest_framework.test import APIClient
 
+from api_tokens.models import ApiToken
+from api_tokens.services import api_token_issue
 from marketplace.events.models import DeliveryAttempt, FailedEvent, OutboxEvent
 from notifications.models import Notification
 from tests.factories import BuyerFactory, ProductFactory, SellerFactory, token_for
@@ -53,6 +58,7 @@ def test_no_secret_reaches_logs_responses_failures_history_or_metrics(
     workers, seller_webhook, client, settings, caplog
 ):
     caplog.set_level(logging.DEBUG)
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     wrong_token, url_password, url_token = secret("wrongtoken"), secret("urlpassword"), secret("urltoken")
     webhook_secret, metrics_password, wrong_metrics_password = secret("whsecret"), secret("metrics"), secret("nope")
     admin_password = secret("adminpassword")
@@ -62,6 +68,11 @@ def test_no_secret_reaches_logs_responses_failures_history_or_metrics(
     )
     product = ProductFactory(seller=seller, stock=100)
     buyer_token = token_for(BuyerFactory())
+    token_holder, buyer_password, wrong_buyer_password = BuyerFactory(), secret("buyerpw"), secret("wrongpw")
+    token_holder.set_password(buyer_password)
+    token_holder.save()
+    expired = api_token_issue(user=token_holder, name="expired")
+    ApiToken.objects.filter(pk=expired.api_token.pk).update(expiry=timezone.now())
     secret_values = {
         "a wrong API token": wrong_token,
         "a buyer's API token": buyer_token,
@@ -71,6 +82,9 @@ def test_no_secret_reaches_logs_responses_failures_history_or_metrics(
         "the metrics password": metrics_password,
         "a wrong metrics password": wrong_metrics_password,
         "a password tried on the admin login": admin_password,
+        "a buyer's password (token API)": buyer_password,
+        "a wrong password (token API)": wrong_buyer_password,
+        "an expired API token": expired.token,
     }
     seller_webhook.default_status = 422  # the seller refuses: dead-lettered at once, no retries
     settings.METRICS_BASIC_AUTH = f"prometheus:{metrics_password}"
@@ -90,6 +104,29 @@ def test_no_secret_reaches_logs_responses_failures_history_or_metrics(
     responses.append(client.get("/metrics", HTTP_AUTHORIZATION=basic("prometheus", wrong_metrics_password)))
     responses.append(client.post("/admin/login/", {"username": "admin", "password": admin_password}))
     assert [response.status_code for response in responses] == [401, 401, 400, 404, 400, 401, 200]
+
+    # The token API: a wrong password; a right one issues a token (its response, the one place it
+    # may be, is left out of the places read below), used on a bad request, revoked, sent again.
+    responses.append(
+        APIClient().post("/api/tokens/", HTTP_AUTHORIZATION=basic(token_holder.username, wrong_buyer_password))
+    )
+    issuing = APIClient().post(
+        "/api/tokens/",
+        {"name": "leak test"},
+        format="json",
+        HTTP_AUTHORIZATION=basic(token_holder.username, buyer_password),
+    )
+    assert issuing.status_code == 201, issuing.content
+    secret_values["an API token issued by the API"] = issued_token = issuing.json()["token"]
+    holder = APIClient()
+    holder.credentials(HTTP_AUTHORIZATION=f"Token {issued_token}")
+    responses.append(holder.post(ORDERS_URL, {"lines": "not a list"}, format="json"))
+    responses.append(holder.delete("/api/tokens/current/"))
+    responses.append(holder.get(ORDERS_URL))
+    expired_holder = APIClient()
+    expired_holder.credentials(HTTP_AUTHORIZATION=f"Token {expired.token}")
+    responses.append(expired_holder.get(ORDERS_URL))
+    assert [response.status_code for response in responses[-5:]] == [401, 400, 204, 401, 401]
 
     # The seller's webhook refuses the order's notification: dead-lettered, then recorded.
     placed = place(buyer, (product, 1))
@@ -123,6 +160,7 @@ def test_no_secret_reaches_logs_responses_failures_history_or_metrics(
         "FailedEvent rows": "\n".join(row_text(row) for row in FailedEvent.objects.all()),
         "DeliveryAttempt rows": "\n".join(row_text(row) for row in [*attempts, *DeliveryAttempt.objects.all()]),
         "Notification rows": "\n".join(row_text(row) for row in Notification.objects.all()),
+        "ApiToken rows": "\n".join(row_text(row) for row in ApiToken.objects.all()),
         "the /metrics scrape": scrape.content.decode(),
         **{f"worker log {name}": text for name, text in worker_logs.items()},
     }

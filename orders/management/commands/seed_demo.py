@@ -4,8 +4,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
-from rest_framework.authtoken.models import Token
 
+from api_tokens.services import api_token_issue, api_token_revoke_all
 from orders.models import Product, Seller
 
 SELLERS = [
@@ -25,10 +25,16 @@ BUYERS = [("alice", "alice@example.com", "Alice", "Archer"), ("bob", "bob@exampl
 # Development only: a production web process refuses to start while this password works
 # (marketplace/checks.py), so production gets no demo admin.
 ADMIN = ("admin", "admin@marketplace.localhost", "admin")
+# Tokens are kept as digests, so each run issues the demo buyers new ones to print, revoking those
+# the run before issued (by this name): a buyer's other tokens stay, and restarts pile up none.
+DEMO_TOKEN_NAME = "demo (seed_demo)"  # noqa: S105 - a label, not a secret
 
 
 class Command(BaseCommand):
-    help = "Create demo sellers, products, buyers (with API tokens) and an admin; safe to run again."
+    help = (
+        "Create demo sellers, products, buyers and an admin; safe to run again. Prints a new API token "
+        "for each demo buyer and revokes the one the previous run printed."
+    )
 
     @transaction.atomic
     def handle(self, *args, **options):
@@ -47,7 +53,8 @@ class Command(BaseCommand):
             if created:
                 buyer.set_unusable_password()
                 buyer.save()
-            tokens.append((username, Token.objects.get_or_create(user=buyer)[0].key))
+            api_token_revoke_all(user=buyer, name=DEMO_TOKEN_NAME)
+            tokens.append((username, api_token_issue(user=buyer, name=DEMO_TOKEN_NAME).token))
         username, email, password = ADMIN
         if settings.DEVELOPING and not User.objects.filter(username=username).exists():
             User.objects.create_superuser(username=username, email=email, password=password)

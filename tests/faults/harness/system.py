@@ -304,7 +304,7 @@ class System:
 _SEED = """
 import json
 from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
+from api_tokens.services import api_token_issue, api_token_revoke_all
 from orders.models import Product, Seller
 User = get_user_model()
 buyers = []
@@ -312,7 +312,8 @@ for i in range(BUYERS):
     user, created = User.objects.get_or_create(
         username=f"ledger{i}", defaults={"email": f"ledger{i}@buyers.example", "last_name": str(i)}
     )
-    token = Token.objects.get_or_create(user=user)[0].key
+    api_token_revoke_all(user=user, name="ledger")
+    token = api_token_issue(user=user, name="ledger").token
     buyers.append({"id": user.pk, "email": user.email, "token": token})
 Product.objects.update(stock=1000000)
 products = [{"id": p.pk, "seller": p.seller_id, "stock": p.stock} for p in Product.objects.order_by("id")]
