@@ -2,9 +2,10 @@ import os
 import threading
 
 from celery import Celery
-from celery.signals import task_prerun, worker_init
+from celery.signals import task_prerun, worker_init, worker_process_init, worker_process_shutdown
 from kombu import Producer, Queue
 
+from marketplace import tracing
 from marketplace.events import topology
 from marketplace.internals import amqp as amqp_internals
 
@@ -35,6 +36,20 @@ def declare_topology(sender=None, **kwargs):
 
     with app.connection_for_write() as connection:
         topology.declare(connection, settings.SUBSCRIBER_RETRY_DELAYS)
+
+
+@worker_process_init.connect
+def start_tracing(**kwargs):
+    """Each pool process traces on its own, after the fork (marketplace/tracing.py), as the
+    service of the queue its worker consumes: marketplace-order_confirmation, ..."""
+    queues = sorted(app.amqp.queues.consume_from or ())
+    tracing.configure("+".join(name.removeprefix("marketplace.") for name in queues) or "worker")
+
+
+@worker_process_shutdown.connect
+def flush_traces(**kwargs):
+    """A pool process ends without running exit hooks: export its last spans first."""
+    tracing.flush()
 
 
 _confirming = threading.local()

@@ -7,6 +7,7 @@ from django.core.mail import EmailMessage
 from django.core.mail.backends.smtp import EmailBackend as SMTPEmailBackend
 from django.utils.module_loading import import_string
 
+from marketplace import tracing
 from marketplace.events.errors import TransientDownstreamError
 
 
@@ -18,7 +19,8 @@ def send_email(message: EmailMessage, *, failure: str) -> None:
     """Send ``message``; if the mail server fails, raise EmailNotSent starting with ``failure``
     (who the email was for and ``mail_server()``)."""
     try:
-        message.send()
+        with tracing.sending_email(message):  # with tracing on, the email carries a traceparent header
+            message.send()
     except OSError as exc:  # smtplib's errors are OSErrors, like the socket's
         raise EmailNotSent(f"{failure}: {type(exc).__name__}: {exc}") from exc
 

@@ -448,13 +448,21 @@ PROMETHEUS_MULTIPROC_DIR = env(
     default=str(Path(tempfile.gettempdir()) / "marketplace-metrics" / DATABASES["default"]["NAME"]),
 )
 
+# --- Traces (docs/observability.md#traces) --------------------------------------------------
+# Tracing is set up by the OpenTelemetry SDK's own OTEL_* variables (marketplace/tracing.py), not
+# here. This is where the admin's trace view links an event's trace: a URL with {trace_id} in it,
+# e.g. http://127.0.0.1:16686/trace/{trace_id} (Jaeger). Empty: no link.
+TRACING_UI_URL = env("TRACING_UI_URL", default="")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        # trace_ids: "trace_id=... span_id=... " inside a traced operation (docs/observability.md#traces).
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(trace_ids)s%(message)s"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"trace_ids": {"()": "marketplace.tracing.LogTraceIds"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["trace_ids"]}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},

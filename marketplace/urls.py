@@ -4,6 +4,7 @@ from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView
 
 from marketplace import api_pages
+from marketplace.events.apis import AsyncApiDocumentApi
 from marketplace.health import healthz
 from marketplace.problems import not_found_view
 
@@ -19,6 +20,8 @@ urlpatterns = [
     path("api/docs", api_pages.SwaggerView.as_view(url_name="schema")),
     path("api/redoc/", api_pages.RedocView.as_view(url_name="schema"), name="api-redoc"),
     path("api/redoc", api_pages.RedocView.as_view(url_name="schema")),
+    # The event API (AMQP) as AsyncAPI 3.0, generated like docs/asyncapi.json (marketplace/events/asyncapi.py).
+    path("api/asyncapi.json", AsyncApiDocumentApi.as_view(), name="asyncapi"),
     # Any other /api/ path is a problem+json 404 whatever DEBUG says: with no route matching, Django
     # would answer with its HTML debug page listing every route (handler404 is not used under
     # DEBUG), or redirect to the path with a slash appended. Exempt from CSRF, as the API views

@@ -15,6 +15,9 @@ os.environ["MARKETPLACE_ENV"] = "development"
 # for itself. Through the environment, so that the processes tests start count the same way.
 os.environ["API_RATE_LIMIT_ORDERS"] = "100000/minute"
 os.environ["API_RATE_LIMIT_UNAUTHENTICATED"] = "100000/minute"
+# No tracing, whatever the shell exports (OTEL_EXPORTER_OTLP_ENDPOINT, say), in this process and
+# those tests start; tests/observability/test_tracing.py turns it on for the processes it starts.
+os.environ["OTEL_SDK_DISABLED"] = "true"
 # Metrics files of this pytest process and the workers it starts, in a directory of their own. The
 # default (one per database name) is read before pytest-django renames the database, so parallel
 # pytest processes (xdist, or a second run) would otherwise add up each other's counts.

@@ -16,7 +16,10 @@ from typing import Any
 from django.conf import settings
 from kombu import Connection, Exchange, Producer
 
+from marketplace import tracing
 from marketplace.events import topology
+from marketplace.events import tracing as event_tracing
+from marketplace.events.envelope import CONTENT_TYPE
 
 logger = logging.getLogger(__name__)
 
@@ -41,20 +44,35 @@ def connect_once(connection: Connection) -> Connection:
     return connection.ensure_connection(max_retries=max(len(connection.alt), 1) - 1)
 
 
-def event_message(envelope: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+# Envelope fields copied into AMQP properties and headers (name: envelope field), so that a consumer
+# can route or filter without parsing the body. The AsyncAPI document (events/asyncapi.py) is
+# generated from these: a header added here is documented with its envelope field's schema.
+ENVELOPE_PROPERTIES = {"message_id": "id", "correlation_id": "correlation_id", "type": "type", "app_id": "source"}
+ENVELOPE_HEADERS = {"event_type": "type", "event_version": "version"}
+
+
+def event_message(
+    envelope: dict[str, Any], *, trace_headers: dict[str, str] | None = None
+) -> tuple[bytes, dict[str, Any]]:
     """Body and AMQP properties (headers included) of an event, as every publisher sends it:
-    the on-commit publish, the relay and a backfill."""
+    the on-commit publish, the relay and a backfill.
+
+    ``trace_headers`` (``traceparent``, ``tracestate``) name the span that publishes it; without
+    them the message carries the trace context the event records, so a consumer still continues
+    the trace of the operation that created it."""
     body = json.dumps(envelope, separators=(",", ":")).encode()
     properties = {
         "delivery_mode": 2,
-        "content_type": "application/json",
+        "content_type": CONTENT_TYPE,
         "content_encoding": "utf-8",
-        "message_id": envelope["id"],
-        "correlation_id": envelope.get("correlation_id"),
-        "type": envelope["type"],
-        "app_id": envelope.get("source"),
+        **{name: envelope.get(field) for name, field in ENVELOPE_PROPERTIES.items()},
         "timestamp": int(time.time()),
-        "headers": {"event_type": envelope["type"], "event_version": envelope["version"]},
+        # An optional envelope field the event lacks is left out, not sent as a null header.
+        "headers": {
+            **{name: envelope[field] for name, field in ENVELOPE_HEADERS.items() if field in envelope},
+            # W3C trace context: the publishing span's, else the one the event records (if any).
+            **(tracing.w3c_fields(envelope) if trace_headers is None else trace_headers),
+        },
     }
     return body, properties
 
@@ -134,23 +152,24 @@ class BrokerPublisher:
         A cached connection may have gone stale (the broker restarted since the last publish), so
         a failure on a reused connection gets one more try on a fresh one.
         """
-        reused = self._producer is not None
-        try:
-            self._publish_once(envelope)
-        except Unroutable:
-            raise
-        except Exception:
-            if not reused:
+        with event_tracing.publishing(envelope, exchange=topology.EVENTS_EXCHANGE.name) as trace_headers:
+            reused = self._producer is not None
+            try:
+                self._publish_once(envelope, trace_headers)
+            except Unroutable:
                 raise
-            logger.info("broker connection went stale; publishing event %s on a new one", envelope["id"])
-            self._publish_once(envelope)
+            except Exception:
+                if not reused:
+                    raise
+                logger.info("broker connection went stale; publishing event %s on a new one", envelope["id"])
+                self._publish_once(envelope, trace_headers)
 
-    def _publish_once(self, envelope: dict[str, Any]) -> None:
+    def _publish_once(self, envelope: dict[str, Any], trace_headers: dict[str, str]) -> None:
         producer = self._ensure_producer()
         event_id = envelope["id"]
         self._returned.discard(event_id)
         try:
-            body, properties = event_message(envelope)
+            body, properties = event_message(envelope, trace_headers=trace_headers)
             producer.publish(
                 body,
                 routing_key="",

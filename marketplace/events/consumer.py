@@ -121,7 +121,8 @@ class EventConsumer(Consumer):
             argsrepr=f"[{envelope_json[:ARGSREPR_BYTES].decode(errors='replace')}]",
             kwargsrepr="{}",
         )
-        # Headers the event arrived with (a backfill's, a replay's) stay visible to the task.
+        # Headers the event arrived with (a backfill's, a replay's) stay visible to the task, the
+        # trace context too (traceparent, tracestate): its handling continues the publish's trace.
         message.headers = {**without_broker_headers(message.headers or {}), **task_headers}
         message.content_type, message.content_encoding = "application/json", "utf-8"
         internal_kombu.forget_decoded_payload(message)

@@ -46,6 +46,7 @@ from marketplace.events.headers import (
     LAST_FAILED_AT,
     MAX_MESSAGE_CHARS,
     MAX_TRACEBACK_CHARS,
+    ORIGINAL_HEADERS,
     PARK_REASON,
     TRACEBACK,
     exception_name,
@@ -559,7 +560,7 @@ def park(connection: Connection, message: Any, *, reason: str) -> None:
             routing_key=topology.PARKED_QUEUE_NAME,
             headers={
                 PARK_REASON: safe_text(reason, MAX_MESSAGE_CHARS),
-                "marketplace-original-headers": safe_text(repr(headers), MAX_MESSAGE_CHARS),
+                ORIGINAL_HEADERS: safe_text(repr(headers), MAX_MESSAGE_CHARS),
             },
             content_type="application/octet-stream",
             content_encoding="binary",

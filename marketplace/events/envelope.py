@@ -17,6 +17,8 @@ import fastjsonschema
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 
+from marketplace import tracing
+
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
@@ -39,7 +41,11 @@ def build_envelope(
     correlation_id: str,
     source: str | None = None,
 ) -> dict[str, Any]:
-    """``source`` names the producer (CloudEvents); by default the order service, EVENTS_SOURCE."""
+    """``source`` names the producer (CloudEvents); by default the order service, EVENTS_SOURCE.
+
+    With tracing on, the event records the operation creating it (the API request, the handling of
+    the event that caused it) as the CloudEvents distributed-tracing attributes ``traceparent`` and
+    ``tracestate``: every process it reaches continues that trace (marketplace/events/tracing.py)."""
     return {
         "specversion": SPEC_VERSION,
         "id": str(uuid.uuid4()),
@@ -49,6 +55,7 @@ def build_envelope(
         "deployment": deployment(),
         "occurred_at": rfc3339(occurred_at),
         "correlation_id": correlation_id,
+        **tracing.current_trace_context(),
         "datacontenttype": CONTENT_TYPE,
         "data": data,
     }

@@ -24,6 +24,8 @@ TRACEBACK = "marketplace-traceback"
 DEAD_LETTER_ID = "marketplace-dead-letter-id"
 REPLAY_OF = "marketplace-replay-of"
 PARK_REASON = "marketplace-park-reason"
+# A parked message whose headers could not be written back carries their repr() here instead.
+ORIGINAL_HEADERS = "marketplace-original-headers"
 FAILURE_HEADERS = (FIRST_FAILED_AT, LAST_FAILED_AT, EXCEPTION_CLASS, EXCEPTION_MESSAGE, TRACEBACK, DEAD_LETTER_ID)
 
 # AMQP sends all headers in one frame (128 KiB by default): keep the failure well inside it.

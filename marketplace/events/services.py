@@ -10,6 +10,7 @@ from django.utils import timezone
 from marketplace.celery import app, confirming_producer
 from marketplace.events import headers as message_headers
 from marketplace.events import topology
+from marketplace.events import tracing as event_tracing
 from marketplace.events.models import FailedEvent, FailedEventReplay
 
 
@@ -24,6 +25,9 @@ def failed_event_replay(*, failed_event: FailedEvent, requested_by: User | None 
     there); the subscriber's success marks the record resolved, a new failure dead-letters it again
     and the recorder marks it failed with the new error. The subscriber dedupes by event id, so a
     replay never repeats an effect.
+
+    With tracing on, the replay is a new trace (the operator's request, or one of its own) linked
+    to the one the event failed in.
     """
     if failed_event.status not in FailedEvent.OPEN:
         raise NotReplayable(f"failed event {failed_event.pk} is {failed_event.status}")
@@ -35,15 +39,16 @@ def failed_event_replay(*, failed_event: FailedEvent, requested_by: User | None 
         FailedEvent.objects.filter(pk=failed_event.pk).mark_replaying()
         FailedEventReplay.objects.create(failed_event=failed_event, requested_by=requested_by, via=via)
     try:
-        app.send_task(
-            subscriber.task,
-            # The id the event's first delivery had: Flower shows the replay as that task succeeding.
-            task_id=subscriber.adopted_task_id(str(failed_event.payload.get("id"))),
-            args=[failed_event.payload],
-            queue=subscriber.queue_name,
-            headers={message_headers.REPLAY_OF: str(failed_event.pk)},
-            producer=confirming_producer(),
-        )
+        with event_tracing.replaying(failed_event=failed_event, queue=subscriber.queue_name) as trace_headers:
+            app.send_task(
+                subscriber.task,
+                # The id the event's first delivery had: Flower shows the replay as that task succeeding.
+                task_id=subscriber.adopted_task_id(str(failed_event.payload.get("id"))),
+                args=[failed_event.payload],
+                queue=subscriber.queue_name,
+                headers={message_headers.REPLAY_OF: str(failed_event.pk), **trace_headers},
+                producer=confirming_producer(),
+            )
     except Exception:
         FailedEvent.objects.filter(pk=failed_event.pk).mark_failed_again()
         raise

@@ -24,6 +24,7 @@ from marketplace import metrics
 from marketplace.celery import app, confirming_producer
 from marketplace.events import dead_letters, topology
 from marketplace.events import headers as message_headers
+from marketplace.events import tracing as event_tracing
 from marketplace.events.envelope import InvalidEnvelope, check_deployment, validate_envelope
 from marketplace.events.errors import TRANSIENT_ERRORS
 from marketplace.events.models import DeliveryAttempt, FailedEvent, FailedEventReplay, ProcessedEvent
@@ -112,6 +113,7 @@ class SubscriberTask(Task[Any, Any]):
     attempt_started: float  # set by the task function when an attempt starts
 
     def handle(self, exc: BaseException) -> NoReturn:
+        event_tracing.failed(exc)
         try:
             self._route_failure(exc)
         except (Retry, Reject):
@@ -190,14 +192,18 @@ class SubscriberTask(Task[Any, Any]):
 
     def _retry_in(self, delay: int, exc: BaseException, headers: dict[str, Any]) -> Retry:
         subscriber = topology.subscriber_named(self.subscriber)
+        queue = subscriber.retry_queue(delay)
         try:
-            internal_celery.republish_signature(
-                self,
-                self.request,
-                queue=subscriber.retry_queue(delay),
-                retries=self.request.retries + 1,
-                headers=headers,
-            ).apply_async(producer=confirming_producer())
+            with event_tracing.republishing(
+                request=self.request, exchange=topology.DIRECT_TO_QUEUE.name, routing_key=queue.name
+            ) as trace_headers:
+                internal_celery.republish_signature(
+                    self,
+                    self.request,
+                    queue=queue,
+                    retries=self.request.retries + 1,
+                    headers=headers | trace_headers,
+                ).apply_async(producer=confirming_producer())
         except Exception as publish_error:
             # Not acknowledged: back to its queue (counted against the delivery limit), never lost.
             logger.warning("could not publish the retry of %s (%s); returning it", self.request.id, publish_error)
@@ -220,15 +226,20 @@ class SubscriberTask(Task[Any, Any]):
         )
         metrics.count_dead_lettered(self.subscriber)
         try:
-            # The queue is named so the original delivery's exchange (the fanout) is not reused.
-            internal_celery.republish_signature(
-                self, self.request, queue=subscriber.queue, headers=headers | failure
-            ).apply_async(
+            with event_tracing.republishing(
+                request=self.request,
                 exchange=topology.DEAD_LETTER_EXCHANGE.name,
                 routing_key=subscriber.dead_letter_queue_name,
-                declare=[],
-                producer=confirming_producer(),
-            )
+            ) as trace_headers:
+                # The queue is named so the original delivery's exchange (the fanout) is not reused.
+                internal_celery.republish_signature(
+                    self, self.request, queue=subscriber.queue, headers=headers | failure | trace_headers
+                ).apply_async(
+                    exchange=topology.DEAD_LETTER_EXCHANGE.name,
+                    routing_key=subscriber.dead_letter_queue_name,
+                    declare=[],
+                    producer=confirming_producer(),
+                )
         except Exception:
             # RabbitMQ dead-letters it itself (at least once): the record loses only the exception.
             logger.exception("could not publish the dead letter of %s; rejecting it instead", self.request.id)
@@ -276,18 +287,21 @@ def subscriber_task(name: str, handlers: Mapping[str, Callable[..., Any]]) -> Ta
 
     def task(self: SubscriberTask, *args: Any, **kwargs: Any) -> Any:
         self.attempt_started = time.time()
-        try:
-            if len(args) != 1 or kwargs:
-                raise InvalidEnvelope(f"a subscriber task takes one envelope, got {len(args)} args {sorted(kwargs)}")
-            envelope = validate_envelope(args[0])
-            check_deployment(envelope)
-            handler = handlers.get(envelope["type"])
-            if handler is None:  # the consumer skips other types; a replay or a direct publish may not
-                raise InvalidEnvelope(f"{name} does not handle {envelope['type']!r} events")
-            with metrics.timed_handler(name):
-                return handler(envelope=envelope)
-        except Exception as exc:
-            self.handle(exc)
+        with event_tracing.processing(subscriber=subscriber, request=self.request, envelope=args[0] if args else None):
+            try:
+                if len(args) != 1 or kwargs:
+                    raise InvalidEnvelope(
+                        f"a subscriber task takes one envelope, got {len(args)} args {sorted(kwargs)}"
+                    )
+                envelope = validate_envelope(args[0])
+                check_deployment(envelope)
+                handler = handlers.get(envelope["type"])
+                if handler is None:  # the consumer skips other types; a replay or a direct publish may not
+                    raise InvalidEnvelope(f"{name} does not handle {envelope['type']!r} events")
+                with metrics.timed_handler(name):
+                    return handler(envelope=envelope)
+            except Exception as exc:
+                self.handle(exc)
 
     task.__name__ = task.__qualname__ = subscriber.task.rpartition(".")[2]
     task.__module__ = next(iter(handlers.values())).__module__

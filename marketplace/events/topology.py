@@ -62,6 +62,8 @@ class Subscriber:
     task: str
     # Event types this subscriber acts on; others reaching its queue are acknowledged and skipped.
     event_types: frozenset[str] = frozenset({"order.placed"})
+    # Event types its handlers publish (through the outbox), for the AsyncAPI document.
+    emits: frozenset[str] = frozenset()
     # Dotted path of ``f(envelope) -> list[(label, admin URL)]``: what handling an event produced,
     # for the operator's trace view (imported only there, so this module imports no app).
     effects: str = ""
@@ -149,6 +151,7 @@ SUBSCRIBERS: tuple[Subscriber, ...] = (
         "customer_segmentation",
         task="segmentation.update_customer_segment",
         event_types=frozenset({"order.placed", "order.cancelled"}),
+        emits=frozenset({"customer.segment_changed"}),
         effects="segmentation.selectors.profile_effects",
     ),
     Subscriber(

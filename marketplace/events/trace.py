@@ -1,7 +1,8 @@
 """The operator's trace of an event: where it is with each subscriber, and what it produced.
 
 Read-only; every state comes from records the pipeline keeps anyway (the outbox row, processed
-markers, failed events, delivery attempts), so tracing costs the hot path nothing.
+markers, failed events, delivery attempts), so this view costs the hot path nothing. With
+TRACING_UI_URL set, it also links the event's OpenTelemetry trace (its traceparent) there.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 from django.utils.module_loading import import_string
 
+from marketplace import tracing
 from marketplace.events import topology
 from marketplace.events.models import DeliveryAttempt, FailedEvent, FailedEventReplay, OutboxEvent, ProcessedEvent
 
@@ -79,6 +82,7 @@ class EventTrace:
     event: OutboxEvent
     subscribers: list[SubscriberState]
     links: list[tuple[str, str]]
+    trace_url: str = ""  # the event's trace in the tracing UI (Jaeger), when there is one to show
 
 
 def trace_link(event_id: uuid.UUID | str, text: str | None = None) -> str:
@@ -96,7 +100,16 @@ def event_trace(event: OutboxEvent) -> EventTrace:
         event=event,
         subscribers=[_state(subscriber, event) for subscriber in topology.SUBSCRIBERS],
         links=_links(event.envelope),
+        trace_url=tracing_ui_url(event.envelope),
     )
+
+
+def tracing_ui_url(envelope: dict[str, Any]) -> str:
+    """TRACING_UI_URL with the trace id of the event's ``traceparent``; "" without either."""
+    trace_id = tracing.trace_id_of(envelope)
+    if not settings.TRACING_UI_URL or trace_id is None:
+        return ""
+    return str(settings.TRACING_UI_URL).replace("{trace_id}", trace_id)
 
 
 def _state(subscriber: topology.Subscriber, event: OutboxEvent) -> SubscriberState:

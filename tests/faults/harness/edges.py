@@ -85,6 +85,7 @@ class _SmtpHandler:
                     recipient=recipient.lower(),
                     event_id=message.get("X-Marketplace-Event-Id"),
                     subject=str(message.get("Subject", "")),
+                    headers={name.lower(): str(value) for name, value in message.items()},
                 )
             )
         return "250 Message accepted for delivery"

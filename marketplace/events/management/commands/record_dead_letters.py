@@ -14,9 +14,11 @@ from django.db import close_old_connections
 from kombu import Connection, Consumer
 from kombu.message import Message
 
+from marketplace import tracing
 from marketplace.celery import app
 from marketplace.events import dead_letters, topology
 from marketplace.events import headers as message_headers
+from marketplace.events import tracing as event_tracing
 from marketplace.events.outages import is_database_outage
 from marketplace.internals import amqp as amqp_internals
 
@@ -41,6 +43,7 @@ class Command(BaseCommand):
         self._recorded = 0
         self._received: list[Message] = []
         self._alerts = dead_letters.Alerts()
+        tracing.configure("recorder")
         if not once:
             signal.signal(signal.SIGTERM, self._stop)
             signal.signal(signal.SIGINT, self._stop)
@@ -58,6 +61,7 @@ class Command(BaseCommand):
                 time.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
         self._alerts.send(all_waiting=True)
+        tracing.flush()
         self.stdout.write(f"recorded {self._recorded} dead letter(s)")
 
     @property
@@ -100,7 +104,8 @@ class Command(BaseCommand):
                     if self._received:
                         burst = list(self._received)
                         self._received.clear()
-                        self._record(burst)
+                        with event_tracing.recording(burst):
+                            self._record(burst)
                         self._alerts.send()
                         continue
                     if time.monotonic() >= next_compaction:

@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import DatabaseError, close_old_connections
 
+from marketplace import tracing
 from marketplace.events.broker import BrokerPublisher
 from marketplace.events.outbox import outbox_lag_seconds, relay_once
 from marketplace.events.topology_check import TopologyWatch
@@ -30,6 +31,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, once: bool, batch_size: int, **options: Any) -> None:
         self._stopping = False
+        tracing.configure("relay")
         if not once:
             signal.signal(signal.SIGTERM, self._stop)
             signal.signal(signal.SIGINT, self._stop)
@@ -68,6 +70,7 @@ class Command(BaseCommand):
                     time.sleep(settings.OUTBOX_POLL_SECONDS)
         finally:
             publisher.close()
+            tracing.flush()
         self.stdout.write(f"published {published}, failed {failed}")
         with contextlib.suppress(DatabaseError):
             self.stdout.write(f"outbox lag {outbox_lag_seconds():.1f}s")

@@ -3,6 +3,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from marketplace import tracing
 from marketplace.events import topology
 from marketplace.events.management.arguments import moment
 from marketplace.events.models import FailedEvent
@@ -29,6 +30,7 @@ class Command(BaseCommand):
         dry_run: bool,
         **options: Any,
     ) -> None:
+        tracing.configure("replay")  # each replay a new trace, linked to the one its event failed in
         failed_events = FailedEvent.objects.open().order_by("id")
         if subscriber:
             failed_events = failed_events.filter(subscriber=subscriber)
@@ -50,6 +52,7 @@ class Command(BaseCommand):
                 continue
             replayed += 1
             self.stdout.write(f"replayed {line}")
+        tracing.flush()
         verb = "would replay" if dry_run else "replayed"
         count = failed_events.count() if dry_run else replayed
         self.stdout.write(self.style.SUCCESS(f"{verb} {count} failed event(s)"))

@@ -1,0 +1,262 @@
+"""``python -m bench.tracing [--cycles N] [--rate R] [--seconds S] [--write]``: the CPU an order costs
+with tracing on, against off.
+
+The Procfile's web, relay and one worker per subscriber, on a database and a vhost of their own
+(production settings, bench/config.py), take the same paced load of orders, on freshly started
+processes each time, with tracing off (OTEL_SDK_DISABLED=true: nothing installed) and on, every
+process exporting OTLP/HTTP to a local sink, configured three ways through the standard variables:
+every trace sampled with every instrumentation (the worst case), the same without a span per SQL
+statement (OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=psycopg), and one trace in ten sampled
+(OTEL_TRACES_SAMPLER=parentbased_traceidratio). A cycle runs each mode once, in an order that
+reverses from one cycle to the next; a mode's ratio to off is the median over cycles of its CPU
+per order over that of the same cycle's off window, since absolute figures drift with whatever
+else the machine runs. CPU per order is utime+stime of those processes and their children
+(/proc), from just before the window until its last effect is committed and the last spans
+exported, divided by the orders placed in it. The sink is a thread of this process (not
+measured) that counts the spans it gets.
+
+--write puts the result into docs/benchmarks.md as its own section (replaced in place on the next
+run, added at the end the first time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import os
+import statistics
+import threading
+import time
+from pathlib import Path
+from tempfile import gettempdir
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from bench import broker, data, load
+from bench.config import QUICK, ROOT, Target
+from bench.processes import Stack, log, wait_http
+
+TARGET = Target(
+    db_name="marketplace_bench_tracing",
+    vhost="marketplace-bench-tracing",
+    web_port=8120,
+    floor_port=8121,
+    variant_port=8122,
+    stub_port=8123,
+    logdir=Path(gettempdir()) / "marketplace-bench-tracing",
+)
+HEADING = "## Tracing: the CPU an order costs with it on"
+OFF = "off"
+REPORT = ROOT / "docs" / "benchmarks.md"
+RAW = ROOT / "bench" / "results" / "tracing.json"
+# The BatchSpanProcessor's default schedule (OTEL_BSP_SCHEDULE_DELAY, 5 s), plus a margin: a window
+# ends once the spans its orders made are exported.
+EXPORT_WAIT_SECONDS = 6.0
+
+
+class SpanSink:
+    """An OTLP/HTTP receiver that only counts spans: what Jaeger would be sent."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+        self.requests = 0
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                request = ExportTraceServiceRequest.FromString(body)
+                sink.spans += sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+                sink.requests += 1
+                answer = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, name="span-sink", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.tracing", description=__doc__.splitlines()[0])
+    parser.add_argument("--cycles", type=int, default=3, help="cycles of the four modes (default 3)")
+    parser.add_argument("--rate", type=float, default=10.0, help="orders per second (default 10)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of each window (default 30)")
+    parser.add_argument("--write", action="store_true", help=f"put the section into {REPORT.relative_to(ROOT)}")
+    args = parser.parse_args(argv)
+
+    log(f"database {TARGET.db_name}, vhost {TARGET.vhost}: migrating and seeding")
+    broker.create_vhost(TARGET)
+    workload = data.prepare(TARGET, QUICK)
+    sink = SpanSink()
+    on = {"OTEL_SDK_DISABLED": "false", "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint}
+    modes = {
+        OFF: {"OTEL_SDK_DISABLED": "true"},
+        "on": on,
+        "on, no SQL spans": {**on, "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "psycopg"},
+        "on, 1 trace in 10": {
+            **on,
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.1",
+        },
+    }
+    variables = {name for mode in modes.values() for name in mode}
+    cycles: list[dict[str, dict]] = []
+    for cycle in range(args.cycles):
+        cycles.append({})
+        for mode in list(modes)[:: 1 if cycle % 2 == 0 else -1]:
+            for name in variables:  # Target.env() hands os.environ to every process it starts
+                os.environ.pop(name, None)
+            os.environ.update(modes[mode])
+            cycles[-1][mode] = measure_round(workload, sink, rate=args.rate, seconds=args.seconds)
+            log(f"cycle {cycle + 1}/{args.cycles} {mode}: {cycles[-1][mode]['cpu_ms_per_order']['system']} ms/order")
+    results = summarize(cycles, rate=args.rate, seconds=args.seconds)
+    RAW.write_text(json.dumps(results, indent=2) + "\n")
+    section = markdown(results)
+    print(section)
+    if args.write:
+        write_section(section)
+        log(f"wrote {REPORT}")
+    return 0
+
+
+def measure_round(workload: load.Workload, sink: SpanSink, *, rate: float, seconds: float) -> dict:
+    stack = Stack(TARGET)
+    queues = broker.subscriber_queues()
+    url = f"http://127.0.0.1:{TARGET.web_port}/api/orders/"
+    try:
+        broker.purge(TARGET, queues)
+        web = stack.start_web("web", TARGET.web_port, wait=False)
+        stack.start_procfile("relay")
+        stack.start_workers()
+        wait_http(web, TARGET.web_port, "/api/products/?page_size=1")
+        load.paced(url, workload, rate=rate, seconds=3)  # warm-up: connections, imports, caches
+        settle(queues)
+        time.sleep(EXPORT_WAIT_SECONDS)
+        spans_before = sink.spans
+        before = stack.cpu_snapshot()
+        result = load.paced(url, workload, rate=rate, seconds=seconds)
+        settle(queues)
+        time.sleep(EXPORT_WAIT_SECONDS)
+        after = stack.cpu_snapshot()
+        stack.check_alive()
+    finally:
+        stack.stop_all()
+    orders = max(result["ok"], 1)
+    per_order = {name: (after[name] - before.get(name, 0.0)) * 1000 / orders for name in after}
+    own = [name for name in per_order if "(shared)" not in name]
+    per_order["system"] = sum(per_order[name] for name in own)
+    return {
+        "orders": result["ok"],
+        "failed": result["failed"],
+        "p50_ms": result["p50_ms"],
+        "spans_per_order": (sink.spans - spans_before) / orders,
+        "cpu_ms_per_order": {name: round(value, 3) for name, value in per_order.items()},
+    }
+
+
+def settle(queues: list[str], timeout: float = 120.0) -> None:
+    """Until every subscriber queue is empty, and a second more for the deliveries in flight."""
+    deadline = time.monotonic() + timeout
+    while any(broker.depths(TARGET, queues).values()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"subscriber queues still not empty after {timeout:.0f}s")
+        time.sleep(0.5)
+    time.sleep(1.0)
+
+
+def summarize(cycles: list[dict[str, dict]], *, rate: float, seconds: float) -> dict:
+    modes = list(cycles[0])
+    processes = list(cycles[0][OFF]["cpu_ms_per_order"])
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for mode in modes:
+        table[mode] = {}
+        for name in processes:
+            values = [cycle[mode]["cpu_ms_per_order"][name] for cycle in cycles]
+            ratios = [
+                cycle[mode]["cpu_ms_per_order"][name] / cycle[OFF]["cpu_ms_per_order"][name]
+                for cycle in cycles
+                if cycle[OFF]["cpu_ms_per_order"][name]
+            ]
+            table[mode][name] = {
+                "ms": round(statistics.median(values), 2),
+                "ratio": round(statistics.median(ratios), 3) if ratios else 0.0,
+            }
+    return {
+        "command": "python -m bench.tracing",
+        "rate": rate,
+        "seconds": seconds,
+        "cycles": cycles,
+        "cpu_ms_per_order": table,
+        "spans_per_order": {
+            mode: round(statistics.median(cycle[mode]["spans_per_order"] for cycle in cycles), 1) for mode in modes
+        },
+        "failed": sum(run["failed"] for cycle in cycles for run in cycle.values()),
+        "cpus": os.cpu_count(),
+        "loadavg": os.getloadavg(),
+    }
+
+
+def markdown(results: dict) -> str:
+    table = results["cpu_ms_per_order"]
+    modes = list(table)
+    processes = [name for name in table[OFF] if name != "system" and "(shared)" not in name]
+    lines = [
+        HEADING,
+        "",
+        "`python -m bench.tracing` (database `marketplace_bench_tracing`, production settings): the Procfile's",
+        "web, relay and one worker per subscriber take the same paced load",
+        f"({results['rate']:g} orders/s for {results['seconds']:g} s, on freshly started processes) with tracing off",
+        "(`OTEL_SDK_DISABLED=true`: nothing installed) and on, exporting OTLP/HTTP to a local sink: every",
+        "trace sampled (the worst case), the same without a span per SQL statement",
+        "(`OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=psycopg`), and one trace in ten",
+        "(`OTEL_TRACES_SAMPLER=parentbased_traceidratio`, `OTEL_TRACES_SAMPLER_ARG=0.1`). CPU is utime+stime",
+        "of those processes from before each window until its last effect is committed and its spans",
+        f"exported, per order; {len(results['cycles'])} cycles of the four modes, their order reversed from one",
+        "cycle to the next; a ratio is the median over cycles of the mode's CPU per order over the same",
+        "cycle's off window, measured in one run. Target: at most 1.05x.",
+        "",
+        "| CPU ms per order | " + " | ".join(modes) + " |",
+        "| --- | " + " | ".join("---:" for _ in modes) + " |",
+    ]
+    for name in ["system", *processes]:
+        label = "**all of the system's processes**" if name == "system" else name
+        cells = [
+            f"{table[mode][name]['ms']:.2f}" + ("" if mode == OFF else f" ({table[mode][name]['ratio']:.3f}x)")
+            for mode in modes
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    spans = results["spans_per_order"]
+    lines += [
+        "| spans exported per order | " + " | ".join(f"{spans[mode]:g}" for mode in modes) + " |",
+        "",
+        f"({results['cpus']} CPUs; load average at the end {', '.join(f'{x:.2f}' for x in results['loadavg'])};"
+        f" {results['failed']} failed requests. RabbitMQ and PostgreSQL are shared with other work and left out.)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(section: str) -> None:
+    text = REPORT.read_text()
+    start = text.find(HEADING + "\n")
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(HEADING))
+        text = text[:start] + section + ("" if end < 0 else text[end:])
+    REPORT.write_text(text.rstrip("\n") + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,237 @@
+"""OpenTelemetry tracing for every process: one order, one trace (docs/observability.md#traces).
+
+Each kind of process calls ``configure()`` once as it starts: the web (marketplace/wsgi.py), every
+Celery pool process (marketplace/celery.py), the relay, the recorder and the replay command. What
+it does is configured through the SDK's standard variables alone (OTEL_SERVICE_NAME,
+OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, OTEL_EXPORTER_OTLP_*, OTEL_BSP_*, OTEL_PROPAGATORS,
+...); there is no setting of our own.
+
+**On or off.** Tracing is off when OTEL_SDK_DISABLED is true. Otherwise it is on when
+OTEL_TRACES_EXPORTER names an exporter (``otlp``, ``console``) or an OTLP endpoint is set
+(OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), and off when neither is: the
+SDK's own default would export to localhost:4318 whether anything listens there or not, paying for
+every span and logging a failed export every few seconds. Off, nothing of the SDK is imported and
+no instrumentation is installed; the few places that would trace check ``enabled`` and go on.
+
+**On**, it installs the instrumentations (Django in the web; psycopg, httpx and logging everywhere)
+and exports over OTLP/HTTP (protobuf) through a BatchSpanProcessor, flushed when the process ends
+(``flush()``, and the SDK's own exit hook). Database queries and HTTP calls are traced only inside
+a traced operation (a request, a publish, a task): the relay's and the recorder's polling would
+otherwise make a trace of their own every second. The event bus's own spans (publish, process,
+retries, replays) are in marketplace/events/tracing.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+if TYPE_CHECKING:
+    from django.core.mail import EmailMessage
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+WEB = "web"  # the process kind that serves HTTP, and so gets the Django instrumentation
+# The W3C trace context: what an event records of the operation that created it (its traceparent
+# and tracestate CloudEvents extension attributes), and what a message or an email carries.
+W3C_FIELDS = ("traceparent", "tracestate")
+# version-trace_id-parent_id-flags (W3C Trace Context); a later version may append fields.
+TRACEPARENT = re.compile(r"^[0-9a-f]{2}-(?P<trace_id>[0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}(-|$)")
+OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+
+enabled = False  # set once by configure(): read on the hot paths, so that off costs one lookup
+_provider: TracerProvider | None = None
+
+
+def wanted(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether the standard OTEL_* variables ask for traces (see the module docstring)."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    exporters = _exporter_names(environ)
+    if exporters:
+        return exporters != ["none"]
+    return any(environ.get(name, "").strip() for name in OTLP_ENDPOINTS)
+
+
+def _exporter_names(environ: Mapping[str, str]) -> list[str]:
+    return [name.strip().lower() for name in environ.get("OTEL_TRACES_EXPORTER", "").split(",") if name.strip()]
+
+
+def configure(process: str) -> bool:
+    """Set up tracing for this process if the environment asks for it; True if it is on.
+
+    ``process`` names the kind of process (``web``, ``relay``, ``order_confirmation``, ...): the
+    service name is ``marketplace-<process>`` unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES
+    name one. Call it after any fork: the exporting thread does not survive one.
+    """
+    global enabled, _provider
+    if enabled or not wanted():
+        return enabled
+    from opentelemetry import trace
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+
+    resource = Resource.create()
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: f"marketplace-{process}"}))
+    processors = [BatchSpanProcessor(exporter) for exporter in _exporters()]
+    # Operations (requests, publishes, tasks) are sampled by OTEL_TRACES_SAMPLER (the SDK reads it).
+    _provider = TracerProvider(resource=resource)
+    # Queries and HTTP calls only ever join an operation's trace; one outside any is not recorded.
+    within_operations = TracerProvider(resource=resource, sampler=ParentBased(root=ALWAYS_OFF), shutdown_on_exit=False)
+    for processor in processors:
+        _provider.add_span_processor(processor)
+        within_operations.add_span_processor(processor)
+    trace.set_tracer_provider(_provider)
+    _instrument(process, within_operations)
+    enabled = True
+    return True
+
+
+def _exporters() -> Iterator[SpanExporter]:
+    for name in _exporter_names(os.environ) or ["otlp"]:
+        if name == "otlp":
+            protocol = (
+                os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+                or "http/protobuf"
+            )
+            if protocol.strip() != "http/protobuf":
+                raise ImproperlyConfigured(f"OTLP protocol {protocol!r}: only http/protobuf is installed")
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            yield OTLPSpanExporter()  # endpoint, headers, timeout, compression: OTEL_EXPORTER_OTLP_*
+        elif name == "console":
+            from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+            yield ConsoleSpanExporter()
+        elif name != "none":
+            raise ImproperlyConfigured(f"OTEL_TRACES_EXPORTER={name!r}: only otlp, console and none are installed")
+
+
+def _instrument(process: str, within_operations: TracerProvider) -> None:
+    """The instrumentations, but those OTEL_PYTHON_DISABLED_INSTRUMENTATIONS names (``psycopg``, say:
+    a span per query is most of what tracing costs, docs/benchmarks.md)."""
+    disabled = {name.strip() for name in os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")}
+    if process == WEB and "django" not in disabled:
+        # Before the WSGI handler loads the middleware: this adds its own in front.
+        from opentelemetry.instrumentation.django import DjangoInstrumentor
+
+        DjangoInstrumentor().instrument()
+    if "psycopg" not in disabled:
+        from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+
+        PsycopgInstrumentor().instrument(tracer_provider=within_operations)
+    if "httpx" not in disabled:
+        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+        HTTPXClientInstrumentor().instrument(tracer_provider=within_operations, request_hook=_redact_request_url)
+    if "logging" not in disabled:
+        # Trace and span ids on every log record (LogTraceIds shows them); logs are not exported.
+        from opentelemetry.instrumentation.logging import LoggingInstrumentor
+
+        LoggingInstrumentor().instrument(inject_trace_context=True, enable_log_auto_instrumentation=False)
+
+
+def _redact_request_url(span: Any, request: Any) -> None:
+    """A seller's webhook URL may hold a credential (?token=...): spans get it as logs do."""
+    from marketplace.redaction import redact_url
+
+    attributes = getattr(span, "attributes", None) or {}
+    for key in ("http.url", "url.full"):
+        if key in attributes:
+            span.set_attribute(key, redact_url(str(request.url)))
+
+
+def flush(timeout_millis: int = 5_000) -> None:
+    """Export the spans still buffered: as a process ends (a Celery pool process ends without
+    running exit hooks)."""
+    if _provider is not None:
+        _provider.force_flush(timeout_millis)
+
+
+# --- the W3C trace context, in envelopes, messages and emails ------------------------------------
+
+
+def current_trace_context() -> dict[str, str]:
+    """The current span's W3C trace context (``traceparent``, and ``tracestate`` when it has one):
+    what an event records of the operation that created it. Empty when tracing is off or no
+    operation is traced."""
+    if not enabled:
+        return {}
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier)
+    return carrier
+
+
+def w3c_fields(carrier: Any) -> dict[str, str]:
+    """The W3C trace context fields of ``carrier`` (an envelope or message headers, of any shape)."""
+    if not isinstance(carrier, Mapping):
+        return {}
+    return {name: value for name in W3C_FIELDS if isinstance(value := carrier.get(name), str)}
+
+
+def w3c_context(carrier: Any) -> Context:
+    """The context a W3C ``traceparent`` in ``carrier`` names (an empty one for none, or a malformed one)."""
+    from opentelemetry.context import Context
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return TraceContextTextMapPropagator().extract(w3c_fields(carrier), context=Context())
+
+
+def trace_id_of(carrier: Any) -> str | None:
+    """The trace id (32 hex digits) of the W3C ``traceparent`` in ``carrier``, if it has a valid one."""
+    match = TRACEPARENT.match(w3c_fields(carrier).get("traceparent", ""))
+    if match is None or match["trace_id"] == "0" * 32:
+        return None
+    return match["trace_id"]
+
+
+def sending_email(message: EmailMessage) -> AbstractContextManager[object]:
+    """A client span around sending ``message``, whose context it carries in its ``traceparent``
+    (and ``tracestate``) header: the email is the trace's last hop."""
+    if not enabled:
+        return nullcontext()
+    return _email_span(message)
+
+
+@contextmanager
+def _email_span(message: EmailMessage) -> Iterator[object]:
+    from django.conf import settings
+    from django.core.mail.backends.smtp import EmailBackend as SMTPEmailBackend
+    from django.utils.module_loading import import_string
+    from opentelemetry import propagate, trace
+
+    attributes: dict[str, Any] = {"marketplace.email.backend": settings.EMAIL_BACKEND}
+    if issubclass(import_string(settings.EMAIL_BACKEND), SMTPEmailBackend):
+        attributes |= {"server.address": settings.EMAIL_HOST, "server.port": settings.EMAIL_PORT}
+    tracer = trace.get_tracer(__name__)
+    with tracer.start_as_current_span("send email", kind=trace.SpanKind.CLIENT, attributes=attributes) as span:
+        propagate.inject(message.extra_headers)
+        yield span
+
+
+# --- log lines -------------------------------------------------------------------------------
+
+
+class LogTraceIds(logging.Filter):
+    """Gives every record ``trace_ids``: ``trace_id=<32 hex> span_id=<16 hex> `` inside a traced
+    operation, empty otherwise (settings.LOGGING prints it). The ids are the logging
+    instrumentation's (``otelTraceID``, ``otelSpanID``), installed only while tracing is on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        trace_id = getattr(record, "otelTraceID", "0")
+        span_id = getattr(record, "otelSpanID", "0")
+        record.trace_ids = "" if trace_id == "0" else f"trace_id={trace_id} span_id={span_id} "
+        return True
