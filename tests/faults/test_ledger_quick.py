@@ -13,8 +13,8 @@ import pytest
 from tests.faults.harness import kinds
 from tests.faults.harness.ledger import Harness
 
-# One xdist worker runs the whole module, so its harness boots once (bin/test: --dist loadgroup).
-pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("fault-ledger")]
+# One xdist worker runs the whole module, so its harness boots once (bin/test: --dist loadfile).
+pytestmark = [pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")
