@@ -28,11 +28,12 @@ from dataclasses import dataclass
 from bench import broker, data
 from bench.config import ROOT, TINY, Target
 from bench.processes import cpu_seconds, log
+from bench.report import RATE_LIMITS_HEADING as HEADING
+from bench.report import replace_section
 
 TARGET = Target(db_name="marketplace_bench_rate_limits", vhost="marketplace-bench-rate-limits")
 # High enough that no round of this benchmark reaches them: "on" measures counting, never refusing.
 UNREACHABLE = "100000000/minute"
-HEADING = "## Rate limits: the cost of counting"
 REPORT = ROOT / "docs" / "benchmarks.md"
 RAW = ROOT / "bench" / "results" / "rate_limits.json"
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     section = markdown(results)
     print(section)
     if args.write:
-        write_section(section)
+        replace_section(REPORT, HEADING, section)
         RAW.write_text(json.dumps(results, indent=2) + "\n")
         log(f"wrote {REPORT} and {RAW}")
     return 0
@@ -206,17 +207,6 @@ def markdown(results: dict) -> str:
         f"({results['cpus']} CPUs; load average at the end {', '.join(f'{x:.2f}' for x in results['loadavg'])}.)",
     ]
     return "\n".join(lines) + "\n"
-
-
-def write_section(section: str) -> None:
-    text = REPORT.read_text()
-    start = text.find(HEADING + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + ("" if end < 0 else text[end:])
-    REPORT.write_text(text.rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":

@@ -7,32 +7,61 @@ from pathlib import Path
 from bench.plot import plot
 from bench.ratios import _get, recorder_row, rows
 
+# Sections that a benchmark of their own writes (`python -m bench --recorder`, bench.tokens,
+# bench.rate_limits, bench.tracing), each replacing its own in place: a full run keeps them.
 RECORDER_HEADING = "## Dead-letter recorder vs a plain consumer"
+TOKENS_HEADING = "## API tokens: DRF's clear-text keys vs knox's digests"
+RATE_LIMITS_HEADING = "## Rate limits: the cost of counting"
+TRACING_HEADING = "## Tracing: the CPU an order costs with it on"
+SEPARATE_SECTIONS = (RECORDER_HEADING, TOKENS_HEADING, RATE_LIMITS_HEADING, TRACING_HEADING)
 CPU_SCENARIOS = ("floor", "thin", "api_alone", "api_no_outbox", "full_stack", "task_events_off")
 MARK = {True: "met", False: "**missed**", None: "not measured", "reference": "(reference)"}
 
 
 def write(results: dict, output: Path) -> None:
+    """The full report, keeping the separate sections of ``output`` that this run did not measure."""
     output.parent.mkdir(parents=True, exist_ok=True)
+    previous = output.read_text() if output.exists() else ""
     png = output.with_name(("benchmarks" if output.name == "benchmarks.md" else output.stem) + "-latency.png")
     plotted = plot(results, png)
-    output.write_text(markdown(results, png.name if plotted else None))
+    text = markdown(results, png.name if plotted else None)
+    output.write_text(text)
+    for heading in SEPARATE_SECTIONS:
+        kept = section(previous, heading)
+        if kept is not None and heading + "\n" not in text:
+            replace_section(output, heading, kept)
 
 
 def write_section(results: dict, output: Path) -> None:
-    """Replace the recorder's section of ``output`` in place (or add it before "## Machine"),
-    leaving the rest of the report as the last full run wrote it."""
-    section = "\n".join(recorder_section(results) or [RECORDER_HEADING, "", "Not measured: see the errors.", ""])
-    text = output.read_text() if output.exists() else "# Benchmarks\n\n"
-    start = text.find(RECORDER_HEADING + "\n")
-    if start >= 0:
-        end = text.find("\n## ", start + len(RECORDER_HEADING))
-        text = text[:start] + section + ("" if end < 0 else "\n" + text[end + 1 :])
+    """Replace the recorder's section of ``output``, leaving the rest as the last full run wrote it."""
+    lines = recorder_section(results) or [RECORDER_HEADING, "", "Not measured: see the errors.", ""]
+    replace_section(output, RECORDER_HEADING, "\n".join(lines))
+
+
+def section(text: str, heading: str) -> str | None:
+    """The section of ``text`` under ``heading`` (up to the next "## "), if it has one."""
+    start = text.find(heading + "\n")
+    if start < 0:
+        return None
+    end = text.find("\n## ", start + len(heading))
+    return text[start:] if end < 0 else text[start : end + 1]
+
+
+def replace_section(output: Path, heading: str, text: str) -> None:
+    """Put ``text`` (a section starting with ``heading``) into ``output`` in place of the old one,
+    or before "## Machine" the first time (at the end if there is none)."""
+    report = output.read_text() if output.exists() else "# Benchmarks\n\n"
+    text = text.rstrip("\n") + "\n"
+    old = section(report, heading)
+    if old is not None:
+        start = report.find(heading + "\n")
+        following = report[start + len(old) :]
+        report = report[:start] + text + ("\n" + following if following else "")
     else:
-        at = text.find("## Machine\n")
-        text = text + "\n" + section if at < 0 else text[:at] + section + "\n" + text[at:]
+        at = report.find("## Machine\n")
+        report = report.rstrip("\n") + "\n\n" + text if at < 0 else report[:at] + text + "\n" + report[at:]
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text.rstrip("\n") + "\n")
+    output.write_text(report.rstrip("\n") + "\n")
 
 
 def markdown(results: dict, png: str | None) -> str:

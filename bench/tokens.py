@@ -35,10 +35,11 @@ from bench.broker import create_vhost, delete_vhost
 from bench.config import ROOT, Target
 from bench.data import create_database, drop_database
 from bench.processes import cpu_seconds, log
+from bench.report import TOKENS_HEADING as HEADING
+from bench.report import replace_section
 from bench.run import code_version, loadavg
 
 TARGET = Target(db_name="marketplace_bench_tokens", vhost="marketplace-bench-tokens")
-HEADING = "## API tokens: DRF's clear-text keys vs knox's digests"
 TOKENS_PER_BUYER = 3
 BUYERS = 20
 VARIANTS = {
@@ -307,18 +308,6 @@ def section(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, output: Path) -> None:
-    """Replaces this benchmark's section of ``output`` in place, or appends it."""
-    report = output.read_text() if output.exists() else "# Benchmarks\n"
-    start = report.find(HEADING + "\n")
-    if start >= 0:
-        end = report.find("\n## ", start + len(HEADING))
-        report = report[:start] + text + ("" if end < 0 else "\n" + report[end + 1 :])
-    else:
-        report = report.rstrip("\n") + "\n\n" + text
-    output.write_text(report.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tokens", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="under a minute; prints, writes nothing unless --output")
@@ -354,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     if output:
         raw = output.with_name("tokens.json") if args.output else ROOT / "bench" / "results" / "tokens.json"
         raw.write_text(json.dumps(results, indent=1))
-        write_section(text, output)
+        replace_section(output, HEADING, text)
         print(f"wrote {output} and {raw}")
     return 0
 
