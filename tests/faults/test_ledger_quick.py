@@ -13,7 +13,7 @@ import pytest
 from tests.faults.harness import kinds
 from tests.faults.harness.ledger import Harness
 
-# One xdist worker runs the whole module, so its harness boots once (bin/test: --dist loadfile).
+# Under xdist (bin/test) each process that runs one of these tests boots its own harness.
 pytestmark = [pytest.mark.timeout(300)]
 
 
