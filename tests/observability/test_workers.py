@@ -65,7 +65,7 @@ def test_retries_and_dead_letters_are_counted_and_the_failure_shows_in_the_gauge
     }
     after = eventually(
         lambda: (scraped := scrape()) and _counts(scraped, dead_lettered) == expected and scraped,
-        timeout=30,
+        timeout=60,  # every retry's wait, on a loaded machine
         message=f"{dead_lettered} to reach {expected}",
     )
     for subscriber in emailing:
