@@ -20,8 +20,11 @@ os.environ["API_RATE_LIMIT_UNAUTHENTICATED"] = "100000/minute"
 os.environ["OTEL_SDK_DISABLED"] = "true"
 # Metrics files of this pytest process and the workers it starts, in a directory of their own. The
 # default (one per database name) is read before pytest-django renames the database, so parallel
-# pytest processes (xdist, or a second run) would otherwise add up each other's counts.
-if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+# pytest processes (xdist, or a second run) would otherwise add up each other's counts. xdist's
+# processes inherit the controller's environment: each makes its own directory, which the processes
+# it starts inherit in turn.
+if os.environ.get("MARKETPLACE_TEST_METRICS_OWNER") != os.environ.get("PYTEST_XDIST_WORKER", "controller"):
+    os.environ["MARKETPLACE_TEST_METRICS_OWNER"] = os.environ.get("PYTEST_XDIST_WORKER", "controller")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="marketplace-metrics-test-")
     atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
