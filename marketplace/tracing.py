@@ -17,26 +17,33 @@ no instrumentation is installed; the few places that would trace check ``enabled
 and exports over OTLP/HTTP (protobuf) through a BatchSpanProcessor, flushed when the process ends
 (``flush()``, and the SDK's own exit hook). Database queries and HTTP calls are traced only inside
 a traced operation (a request, a publish, a task): the relay's and the recorder's polling would
-otherwise make a trace of their own every second. The event bus's own spans (publish, process,
-retries, replays) are in marketplace/events/tracing.py.
+otherwise make a trace of their own every second. Inside an operation the sampler left out
+(OTEL_TRACES_SAMPLER), the instrumentations are suppressed: a query's span would not be recorded,
+yet making it costs a good part of what recording does (docs/benchmarks.md). The event bus's own
+spans (publish, process, retries, replays) are in marketplace/events/tracing.py.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 
 if TYPE_CHECKING:
     from django.core.mail import EmailMessage
+    from django.http import HttpRequest, HttpResponse
     from opentelemetry.context import Context
+    from opentelemetry.propagators.textmap import TextMapPropagator
+    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.trace import Span, Tracer
 
 WEB = "web"  # the process kind that serves HTTP, and so gets the Django instrumentation
 # The W3C trace context: what an event records of the operation that created it (its traceparent
@@ -45,9 +52,12 @@ W3C_FIELDS = ("traceparent", "tracestate")
 # version-trace_id-parent_id-flags (W3C Trace Context); a later version may append fields.
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-(?P<trace_id>[0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}(-|$)")
 OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+# Where an unsampled request keeps what lifts the suppression of the instrumentations at its end.
+_UNSAMPLED_REQUEST = "marketplace.tracing.unsampled"
 
 enabled = False  # set once by configure(): read on the hot paths, so that off costs one lookup
 _provider: TracerProvider | None = None
+_NOT_TRACED: AbstractContextManager[None] = nullcontext()
 
 
 def wanted(environ: Mapping[str, str] = os.environ) -> bool:
@@ -83,6 +93,7 @@ def configure(process: str) -> bool:
     resource = Resource.create()
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: f"marketplace-{process}"}))
+    resource = _hashed_once(resource)
     processors = [BatchSpanProcessor(exporter) for exporter in _exporters()]
     # Operations (requests, publishes, tasks) are sampled by OTEL_TRACES_SAMPLER (the SDK reads it).
     _provider = TracerProvider(resource=resource)
@@ -95,6 +106,22 @@ def configure(process: str) -> bool:
     _instrument(process, within_operations)
     enabled = True
     return True
+
+
+def _hashed_once(resource: Resource) -> Resource:
+    """The same resource, hashed once: the OTLP encoder groups every span it exports by resource,
+    and Resource hashes its attributes as sorted JSON each time (3 µs a span)."""
+    from opentelemetry.sdk.resources import Resource
+
+    class HashedOnce(Resource):
+        @functools.cached_property
+        def _hash(self) -> int:
+            return super().__hash__()
+
+        def __hash__(self) -> int:
+            return self._hash
+
+    return HashedOnce(resource.attributes, resource.schema_url)
 
 
 def _exporters() -> Iterator[SpanExporter]:
@@ -126,7 +153,7 @@ def _instrument(process: str, within_operations: TracerProvider) -> None:
         # Before the WSGI handler loads the middleware: this adds its own in front.
         from opentelemetry.instrumentation.django import DjangoInstrumentor
 
-        DjangoInstrumentor().instrument()
+        DjangoInstrumentor().instrument(request_hook=_quiet_unsampled_request, response_hook=_end_of_request)
     if "psycopg" not in disabled:
         from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 
@@ -152,6 +179,47 @@ def _redact_request_url(span: Any, request: Any) -> None:
             span.set_attribute(key, redact_url(str(request.url)))
 
 
+def quiet_if_unsampled(span: Span) -> AbstractContextManager[object]:
+    """Inside an operation the sampler left out, no instrumentation (psycopg, httpx) makes a span;
+    our own spans still do, unrecorded, so the trace context with its sampled flag travels on."""
+    return _NOT_TRACED if span.is_recording() else _instrumentation_suppressed()
+
+
+def _instrumentation_suppressed() -> AbstractContextManager[object]:
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    return suppress_instrumentation()
+
+
+def _quiet_unsampled_request(span: Span, request: HttpRequest) -> None:
+    if not span.is_recording():
+        quiet = ExitStack()
+        quiet.enter_context(_instrumentation_suppressed())
+        request.META[_UNSAMPLED_REQUEST] = quiet
+
+
+def _end_of_request(span: Span, request: HttpRequest, response: HttpResponse) -> None:
+    quiet = request.META.pop(_UNSAMPLED_REQUEST, None)
+    if quiet is not None:
+        quiet.close()
+
+
+@functools.cache
+def tracer(name: str) -> Tracer:
+    """One tracer per instrumenting module for the process's life: getting one costs about as much
+    as starting a span. Before configure() it is the API's proxy, which follows the provider set later."""
+    from opentelemetry import trace
+
+    return trace.get_tracer(name)
+
+
+@functools.cache
+def _w3c_propagator() -> TextMapPropagator:
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return TraceContextTextMapPropagator()
+
+
 def flush(timeout_millis: int = 5_000) -> None:
     """Export the spans still buffered: as a process ends (a Celery pool process ends without
     running exit hooks)."""
@@ -168,10 +236,8 @@ def current_trace_context() -> dict[str, str]:
     operation is traced."""
     if not enabled:
         return {}
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
     carrier: dict[str, str] = {}
-    TraceContextTextMapPropagator().inject(carrier)
+    _w3c_propagator().inject(carrier)
     return carrier
 
 
@@ -185,9 +251,8 @@ def w3c_fields(carrier: Any) -> dict[str, str]:
 def w3c_context(carrier: Any) -> Context:
     """The context a W3C ``traceparent`` in ``carrier`` names (an empty one for none, or a malformed one)."""
     from opentelemetry.context import Context
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    return TraceContextTextMapPropagator().extract(w3c_fields(carrier), context=Context())
+    return _w3c_propagator().extract(w3c_fields(carrier), context=Context())
 
 
 def trace_id_of(carrier: Any) -> str | None:
@@ -202,24 +267,31 @@ def sending_email(message: EmailMessage) -> AbstractContextManager[object]:
     """A client span around sending ``message``, whose context it carries in its ``traceparent``
     (and ``tracestate``) header: the email is the trace's last hop."""
     if not enabled:
-        return nullcontext()
+        return _NOT_TRACED
     return _email_span(message)
 
 
 @contextmanager
 def _email_span(message: EmailMessage) -> Iterator[object]:
     from django.conf import settings
-    from django.core.mail.backends.smtp import EmailBackend as SMTPEmailBackend
-    from django.utils.module_loading import import_string
     from opentelemetry import propagate, trace
 
-    attributes: dict[str, Any] = {"marketplace.email.backend": settings.EMAIL_BACKEND}
-    if issubclass(import_string(settings.EMAIL_BACKEND), SMTPEmailBackend):
-        attributes |= {"server.address": settings.EMAIL_HOST, "server.port": settings.EMAIL_PORT}
-    tracer = trace.get_tracer(__name__)
-    with tracer.start_as_current_span("send email", kind=trace.SpanKind.CLIENT, attributes=attributes) as span:
+    with tracer(__name__).start_as_current_span("send email", kind=trace.SpanKind.CLIENT) as span:
+        if span.is_recording():
+            span.set_attributes(_email_attributes(settings.EMAIL_BACKEND, settings.EMAIL_HOST, settings.EMAIL_PORT))
         propagate.inject(message.extra_headers)
         yield span
+
+
+@functools.cache
+def _email_attributes(backend: str, host: str, port: int) -> dict[str, Any]:
+    from django.core.mail.backends.smtp import EmailBackend as SMTPEmailBackend
+    from django.utils.module_loading import import_string
+
+    attributes: dict[str, Any] = {"marketplace.email.backend": backend}
+    if issubclass(import_string(backend), SMTPEmailBackend):
+        attributes |= {"server.address": host, "server.port": port}
+    return attributes
 
 
 # --- log lines -------------------------------------------------------------------------------

@@ -16,13 +16,16 @@ around what the instrumentations record inside them (psycopg, httpx).
 - A replay is a new trace (the operator's request, or a root of its own) with a link to the old one.
 
 With tracing off every function returns at once, handing on whatever trace headers the message
-already carries, so a traced chain passes through an untraced process unbroken.
+already carries, so a traced chain passes through an untraced process unbroken. With it on, a span
+the sampler left out gets no attributes, and a handling it left out runs with the instrumentations
+suppressed (tracing.quiet_if_unsampled).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from marketplace import tracing
@@ -51,7 +54,7 @@ def publishing(
         f"publish {exchange or routing_key}",
         kind="PRODUCER",
         parent=tracing.w3c_context(envelope),
-        attributes=_message_attributes(envelope, exchange=exchange, routing_key=routing_key, operation="send"),
+        attributes=partial(_message_attributes, envelope, exchange=exchange, routing_key=routing_key, operation="send"),
     )
 
 
@@ -65,7 +68,7 @@ def republishing(*, request: Any, exchange: str, routing_key: str) -> AbstractCo
         f"publish {exchange or routing_key}",
         kind="PRODUCER",
         parent=None,
-        attributes=_message_attributes(envelope, exchange=exchange, routing_key=routing_key, operation="send"),
+        attributes=partial(_message_attributes, envelope, exchange=exchange, routing_key=routing_key, operation="send"),
     )
 
 
@@ -79,8 +82,12 @@ def replaying(*, failed_event: Any, queue: str) -> AbstractContextManager[dict[s
     old = trace.get_current_span(tracing.w3c_context(failed_event.headers)).get_span_context()
     if not old.is_valid:
         old = trace.get_current_span(tracing.w3c_context(failed_event.payload)).get_span_context()
-    attributes = _message_attributes(failed_event.payload, exchange="", routing_key=queue, operation="send")
-    attributes["marketplace.replay_of"] = failed_event.pk
+
+    def attributes() -> dict[str, Any]:
+        found = _message_attributes(failed_event.payload, exchange="", routing_key=queue, operation="send")
+        found["marketplace.replay_of"] = failed_event.pk
+        return found
+
     return _span(
         f"publish {queue}",
         kind="PRODUCER",
@@ -118,6 +125,23 @@ def _process_span(subscriber: topology.Subscriber, request: Any, envelope: Any) 
     links = []
     if origin_span.is_valid and origin_span.trace_id != parent_span.trace_id:
         links.append(trace.Link(origin_span, {"marketplace.link": "event origin"}))
+    with tracing.tracer(__name__).start_as_current_span(
+        f"process {subscriber.queue_name}",
+        context=parent,
+        kind=trace.SpanKind.CONSUMER,
+        links=links,
+        # SubscriberTask.handle records the handler's failure (failed()); what it raises then
+        # (a Retry, a Reject) is how Celery settles the message, not another failure.
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        if span.is_recording():
+            span.set_attributes(_process_attributes(subscriber, request, envelope))
+        with tracing.quiet_if_unsampled(span):
+            yield
+
+
+def _process_attributes(subscriber: topology.Subscriber, request: Any, envelope: Any) -> dict[str, Any]:
     delivery = request.delivery_info or {}
     attributes = _message_attributes(
         envelope,
@@ -133,19 +157,7 @@ def _process_span(subscriber: topology.Subscriber, request: Any, envelope: Any) 
     replay_of = internal_celery.request_header(request, message_headers.REPLAY_OF)
     if replay_of:
         attributes["marketplace.replay_of"] = str(replay_of)
-    tracer = trace.get_tracer(__name__)
-    with tracer.start_as_current_span(
-        f"process {subscriber.queue_name}",
-        context=parent,
-        kind=trace.SpanKind.CONSUMER,
-        attributes=attributes,
-        links=links,
-        # SubscriberTask.handle records the handler's failure (failed()); what it raises then
-        # (a Retry, a Reject) is how Celery settles the message, not another failure.
-        record_exception=False,
-        set_status_on_exception=False,
-    ):
-        yield
+    return attributes
 
 
 def failed(exc: BaseException) -> None:
@@ -172,7 +184,7 @@ def _recording_spans(messages: list[Any]) -> Iterator[None]:
     from opentelemetry import propagate, trace
     from opentelemetry.context import Context
 
-    tracer = trace.get_tracer(__name__)
+    tracer = tracing.tracer(__name__)
     spans = []
     for message in messages:
         headers = message.headers if isinstance(message.headers, Mapping) else {}
@@ -221,15 +233,17 @@ def _span(
     *,
     kind: str,
     parent: Context | None,
-    attributes: dict[str, Any],
+    attributes: Callable[[], dict[str, Any]],
     links: list[Link] | None = None,
 ) -> Iterator[dict[str, str]]:
+    """``attributes`` are worked out only for a span the sampler keeps."""
     from opentelemetry import propagate, trace
 
-    tracer = trace.get_tracer(__name__)
-    with tracer.start_as_current_span(
-        name, context=parent, kind=trace.SpanKind[kind], attributes=attributes, links=links or ()
-    ):
+    with tracing.tracer(__name__).start_as_current_span(
+        name, context=parent, kind=trace.SpanKind[kind], links=links or ()
+    ) as span:
+        if span.is_recording():
+            span.set_attributes(attributes())
         headers: dict[str, str] = {}
         propagate.inject(headers)
         yield headers

@@ -23,6 +23,7 @@ import httpx
 import psycopg
 import pytest
 from django.conf import settings
+from django.http import HttpRequest, HttpResponse
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -173,6 +174,7 @@ def assert_messaging(span: Span, *, operation: str, destination: str, event: dic
 # --- across the processes ----------------------------------------------------------------------
 
 
+@pytest.mark.xdist_group("traced_system")  # bin/test: both on one process, so the system boots once
 def test_one_order_is_one_trace_across_every_process(traced_system, otlp, smtp, shop, seller_webhook):
     seller_webhook.statuses = [503]  # the seller's endpoint fails once: seller_notification retries
     event = place_order(traced_system, shop)
@@ -264,6 +266,7 @@ def test_one_order_is_one_trace_across_every_process(traced_system, otlp, smtp, 
     assert f"trace_id={trace_id} span_id=" in log
 
 
+@pytest.mark.xdist_group("traced_system")
 def test_a_dead_letter_stays_in_its_trace_and_a_replay_is_a_new_trace_linked_to_it(
     traced_system, otlp, shop, seller_webhook, broker_url
 ):
@@ -456,3 +459,27 @@ def test_any_trace_context_a_message_carries_is_read_without_failing(envelope, h
     message = type("Message", (), {"headers": headers, "delivery_info": delivery_info, "properties": {}})()
     with event_tracing._recording_spans([message]):
         pass
+
+
+def test_no_instrumentation_runs_inside_an_operation_the_sampler_left_out(monkeypatch):
+    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)  # tests/settings.py: the SDK would make no-op spans
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
+
+    def inside(sampler) -> bool:
+        tracer = TracerProvider(sampler=sampler).get_tracer(__name__)
+        with tracer.start_as_current_span("operation") as span, tracing.quiet_if_unsampled(span):
+            return is_instrumentation_enabled()
+
+    assert inside(ALWAYS_ON) is True
+    assert inside(ALWAYS_OFF) is False
+    assert is_instrumentation_enabled()
+
+    # A request the sampler left out: the Django instrumentation's hooks open and close the quiet.
+    request = HttpRequest()
+    tracing._quiet_unsampled_request(trace.INVALID_SPAN, request)
+    assert is_instrumentation_enabled() is False
+    tracing._end_of_request(trace.INVALID_SPAN, request, HttpResponse())
+    assert is_instrumentation_enabled()
