@@ -34,6 +34,24 @@ from tests.support.workers import (
     resume,
 )
 
+# --- distribution --------------------------------------------------------------------------
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Refuse to run when pytest-xdist's groups would be silently ignored: an xdist process tags a
+    grouped test by appending "@<group>" to its node id, and a pytest that no longer lets it (9.2
+    with xdist 3.8) would boot a group's expensive fixture on every process (pyproject.toml)."""
+    if not config.getoption("loadgroup", default=False):
+        return  # not an xdist process under --dist loadgroup
+    untagged = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if untagged:
+        raise pytest.UsageError(
+            f"--dist loadgroup: pytest-xdist could not tag {untagged[0]} with its group; this pytest and "
+            "pytest-xdist no longer work together (see the pytest pin in pyproject.toml)"
+        )
+
+
 # --- broker --------------------------------------------------------------------------------
 
 

@@ -13,8 +13,8 @@ import pytest
 from tests.faults.harness import kinds
 from tests.faults.harness.ledger import Harness
 
-# Under xdist (bin/test) each process that runs one of these tests boots its own harness.
-pytestmark = [pytest.mark.timeout(300)]
+# One xdist process runs them all (bin/test: --dist loadgroup), so the harness boots once.
+pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("ledger_quick")]
 
 
 @pytest.fixture(scope="module")
