@@ -5,6 +5,7 @@ warnings while no worker is up yet; every page keeps to our Content Security Pol
 from __future__ import annotations
 
 import re
+import uuid
 from urllib.parse import urlparse
 
 import httpx
@@ -26,7 +27,7 @@ def other_deployment():
     """Another deployment's vhost on the same RabbitMQ, with queues of the same names."""
     from kombu import Connection
 
-    vhost = "marketplace-other-deployment-test"
+    vhost = f"marketplace-other-deployment-test-{uuid.uuid4().hex[:10]}"  # concurrent runs share the broker
     rabbitmqctl("add_vhost", vhost)
     rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     with Connection(f"amqp://guest:guest@127.0.0.1:5672/{vhost}") as conn:
