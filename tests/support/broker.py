@@ -1,4 +1,4 @@
-"""The test session's RabbitMQ: rabbitmqctl, queue depths, an event tap, stopping the broker."""
+"""The test session's RabbitMQ: rabbitmqctl, queue depths, an event tap."""
 
 from __future__ import annotations
 
@@ -6,15 +6,11 @@ import shutil
 import subprocess
 import time
 import uuid
-from contextlib import contextmanager
 
-import kombu.pools
 from django.conf import settings
 from kombu import Connection, Queue
 
-from marketplace.celery import app as celery_app
 from marketplace.events import topology
-from tests.support.waiting import eventually
 
 RABBITMQCTL = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
 
@@ -63,34 +59,6 @@ class EventTap:
     def delete(self) -> None:
         with Connection(self.broker_url) as conn:
             conn.default_channel.queue_delete(self.queue.name)
-
-
-def wait_for_broker(timeout: float = 60.0) -> None:
-    def reachable():
-        try:
-            with Connection(settings.BROKER_URL, connect_timeout=1) as conn:
-                conn.connect()
-            return True
-        except Exception:
-            return False
-
-    eventually(reachable, timeout=timeout, interval=0.5, message="RabbitMQ to accept connections")
-
-
-@contextmanager
-def broker_stopped():
-    """Stop the RabbitMQ application for the block; always start it again, even if the test fails."""
-    rabbitmqctl("stop_app")
-    try:
-        yield
-    finally:
-        rabbitmqctl("start_app")
-        wait_for_broker()
-        # Every pooled connection in this process died with the broker. Forget them the way Celery
-        # and kombu do after a fork, so later tests connect afresh.
-        kombu.pools.reset()
-        celery_app._after_fork()
-        celery_app.control._after_fork()
 
 
 def purge_subscriber_queues(broker_url: str) -> None:
