@@ -1,19 +1,20 @@
 """``python -m bench.tracing [--cycles N] [--rate R] [--seconds S] [--write]``: the CPU an order costs
 with tracing on, against off.
 
-The Procfile's web, relay and one worker per subscriber, on a database and a vhost of their own
-(production settings, bench/config.py), take the same paced load of orders, on freshly started
-processes each time, with tracing off (OTEL_SDK_DISABLED=true: nothing installed) and on, every
-process exporting OTLP/HTTP to a local sink, configured four ways through the standard variables:
-every trace sampled with every instrumentation (the worst case), the same without a span per SQL
-statement (OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=psycopg), and one trace in ten and one in a hundred
-sampled (OTEL_TRACES_SAMPLER=parentbased_traceidratio), as production runs it. A cycle runs each mode once, in an order that
-reverses from one cycle to the next; a mode's ratio to off is the median over cycles of its CPU
-per order over that of the same cycle's off window, since absolute figures drift with whatever
-else the machine runs. CPU per order is utime+stime of those processes and their children
-(/proc), from just before the window until its last effect is committed and the last spans
-exported, divided by the orders placed in it. The sink is a thread of this process (not
-measured) that counts the spans it gets.
+Two copies of the Procfile's web, relay and one worker per subscriber, each on a database and a vhost
+of its own (production settings, bench/config.py), take the same paced load of orders side by side,
+in the same window: one with tracing off (OTEL_SDK_DISABLED=true: nothing installed), the other with
+it on, every process exporting OTLP/HTTP to a local sink, configured one of four ways through the
+standard variables: every trace sampled with every instrumentation (the worst case), the same
+without a span per SQL statement (OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=psycopg), and one trace in
+ten and one in a hundred sampled (OTEL_TRACES_SAMPLER=parentbased_traceidratio), as production runs
+it. Side by side, both copies meet whatever else the shared machine runs at the same moment, which
+windows taken one after another do not (their ratios spread wider than the 5% target). Each pair
+starts fresh processes; the copies swap roles from one cycle to the next, and a mode's ratio is the
+median over cycles of its CPU per order over that of its off twin. CPU per order is utime+stime of
+a copy's processes and their children (/proc), from just before the window until its last effect is
+committed and the last spans exported, divided by the orders it placed. The sink is a thread of
+this process (not measured) that counts the spans it gets.
 
 --write puts the result into docs/benchmarks.md as its own section (replaced in place on the next
 run, added at the end the first time).
@@ -28,6 +29,8 @@ import os
 import statistics
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from tempfile import gettempdir
 
@@ -38,7 +41,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from bench import broker, data, load, report
 from bench.config import QUICK, ROOT, Target
-from bench.processes import Stack, log, wait_http
+from bench.processes import Proc, Stack, log, wait_http
 
 TARGET = Target(
     db_name="marketplace_bench_tracing",
@@ -48,6 +51,16 @@ TARGET = Target(
     variant_port=8122,
     stub_port=8123,
     logdir=Path(gettempdir()) / "marketplace-bench-tracing",
+)
+TWIN = replace(
+    TARGET,
+    db_name="marketplace_bench_tracing_twin",
+    vhost="marketplace-bench-tracing-twin",
+    web_port=8124,
+    floor_port=8125,
+    variant_port=8126,
+    stub_port=8127,
+    logdir=Path(gettempdir()) / "marketplace-bench-tracing-twin",
 )
 OFF = "off"
 REPORT = ROOT / "docs" / "benchmarks.md"
@@ -96,30 +109,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true", help=f"put the section into {REPORT.relative_to(ROOT)}")
     args = parser.parse_args(argv)
 
-    log(f"database {TARGET.db_name}, vhost {TARGET.vhost}: migrating and seeding")
-    broker.create_vhost(TARGET)
-    workload = data.prepare(TARGET, QUICK)
+    workloads = {}
+    for target in (TARGET, TWIN):
+        log(f"database {target.db_name}, vhost {target.vhost}: migrating and seeding")
+        broker.create_vhost(target)
+        workloads[target.db_name] = data.prepare(target, QUICK)
     sink = SpanSink()
     on = {"OTEL_SDK_DISABLED": "false", "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint}
-    no_sql = {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "psycopg"}
     ratio = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio"}
     modes = {
-        OFF: {"OTEL_SDK_DISABLED": "true"},
         "on": on,
-        "on, no SQL spans": on | no_sql,
+        "on, no SQL spans": on | {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "psycopg"},
         "on, 1 trace in 10": on | ratio | {"OTEL_TRACES_SAMPLER_ARG": "0.1"},
         "on, 1 trace in 100": on | ratio | {"OTEL_TRACES_SAMPLER_ARG": "0.01"},
     }
-    variables = {name for mode in modes.values() for name in mode}
+    for name in [name for name in os.environ if name.startswith("OTEL_")]:
+        os.environ.pop(name)  # Target.env() hands os.environ to every process: each copy sets its own
     cycles: list[dict[str, dict]] = []
     for cycle in range(args.cycles):
         cycles.append({})
+        off_target, on_target = (TARGET, TWIN) if cycle % 2 == 0 else (TWIN, TARGET)
         for mode in list(modes)[:: 1 if cycle % 2 == 0 else -1]:
-            for name in variables:  # Target.env() hands os.environ to every process it starts
-                os.environ.pop(name, None)
-            os.environ.update(modes[mode])
-            cycles[-1][mode] = measure_round(workload, sink, rate=args.rate, seconds=args.seconds)
-            log(f"cycle {cycle + 1}/{args.cycles} {mode}: {cycles[-1][mode]['cpu_ms_per_order']['system']} ms/order")
+            pair = {
+                OFF: (off_target, {"OTEL_SDK_DISABLED": "true"}),
+                mode: (on_target, modes[mode]),
+            }
+            cycles[-1][mode] = measure_pair(pair, workloads, sink, rate=args.rate, seconds=args.seconds)
+            off, traced = (cycles[-1][mode][side]["cpu_ms_per_order"]["system"] for side in (OFF, mode))
+            log(f"cycle {cycle + 1}/{args.cycles} {mode}: {traced} ms/order, off beside it {off}")
     results = summarize(cycles, rate=args.rate, seconds=args.seconds)
     RAW.write_text(json.dumps(results, indent=2) + "\n")
     section = markdown(results)
@@ -130,45 +147,89 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def measure_round(workload: load.Workload, sink: SpanSink, *, rate: float, seconds: float) -> dict:
-    stack = Stack(TARGET)
-    queues = broker.subscriber_queues()
-    url = f"http://127.0.0.1:{TARGET.web_port}/api/orders/"
-    try:
-        broker.purge(TARGET, queues)
-        web = stack.start_web("web", TARGET.web_port, wait=False)
-        stack.start_procfile("relay")
-        stack.start_workers()
-        wait_http(web, TARGET.web_port, "/api/products/?page_size=1")
-        load.paced(url, workload, rate=rate, seconds=3)  # warm-up: connections, imports, caches
-        settle(queues)
-        time.sleep(EXPORT_WAIT_SECONDS)
-        spans_before = sink.spans
-        before = stack.cpu_snapshot()
-        result = load.paced(url, workload, rate=rate, seconds=seconds)
-        settle(queues)
-        time.sleep(EXPORT_WAIT_SECONDS)
-        after = stack.cpu_snapshot()
-        stack.check_alive()
-    finally:
-        stack.stop_all()
-    orders = max(result["ok"], 1)
-    per_order = {name: (after[name] - before.get(name, 0.0)) * 1000 / orders for name in after}
-    own = [name for name in per_order if "(shared)" not in name]
-    per_order["system"] = sum(per_order[name] for name in own)
-    return {
-        "orders": result["ok"],
-        "failed": result["failed"],
-        "p50_ms": result["p50_ms"],
-        "spans_per_order": (sink.spans - spans_before) / orders,
-        "cpu_ms_per_order": {name: round(value, 3) for name, value in per_order.items()},
-    }
+class TracedStack(Stack):
+    """A Stack whose every process gets ``tracing`` (OTEL_* variables) in its environment."""
+
+    def __init__(self, target: Target, tracing: dict[str, str]):
+        super().__init__(target)
+        self.tracing = tracing
+
+    def start(self, name: str, argv: list[str], **env: str) -> Proc:
+        return super().start(name, argv, **(self.tracing | env))
 
 
-def settle(queues: list[str], timeout: float = 120.0) -> None:
+def measure_pair(
+    pair: dict[str, tuple[Target, dict[str, str]]], workloads: dict[str, load.Workload], sink: SpanSink, **window: float
+) -> dict[str, dict]:
+    """Each side of ``pair`` (a name, its target and its tracing variables) under the same paced load,
+    at the same time, on freshly started processes."""
+    stacks = {side: TracedStack(target, tracing) for side, (target, tracing) in pair.items()}
+    with ThreadPoolExecutor(len(stacks)) as pool:
+        try:
+            warm_up = {"rate": window["rate"], "seconds": 3.0}
+            for done in [
+                pool.submit(start, stack, workloads[stack.target.db_name], **warm_up) for stack in stacks.values()
+            ]:
+                done.result()
+            for done in [pool.submit(settle, stack.target) for stack in stacks.values()]:
+                done.result()
+            time.sleep(EXPORT_WAIT_SECONDS)
+            spans_before = sink.spans
+            before = {side: stack.cpu_snapshot() for side, stack in stacks.items()}
+            running = {
+                side: pool.submit(paced, stack.target, workloads[stack.target.db_name], **window)
+                for side, stack in stacks.items()
+            }
+            results = {side: done.result() for side, done in running.items()}
+            for done in [pool.submit(settle, stack.target) for stack in stacks.values()]:
+                done.result()
+            time.sleep(EXPORT_WAIT_SECONDS)
+            after = {side: stack.cpu_snapshot() for side, stack in stacks.items()}
+            for stack in stacks.values():
+                stack.check_alive()
+        finally:
+            for stack in stacks.values():
+                stack.stop_all()
+    spans = sink.spans - spans_before  # only the traced side exports
+    measured = {}
+    for side, result in results.items():
+        orders = max(result["ok"], 1)
+        per_order = {
+            name: (after[side][name] - before[side].get(name, 0.0)) * 1000 / orders
+            for name in after[side]
+            if "(shared)" not in name  # RabbitMQ and PostgreSQL serve both sides
+        }
+        per_order["system"] = sum(per_order.values())
+        measured[side] = {
+            "orders": result["ok"],
+            "failed": result["failed"],
+            "p50_ms": result["p50_ms"],
+            "spans_per_order": 0 if side == OFF else spans / orders,
+            "cpu_ms_per_order": {name: round(value, 3) for name, value in per_order.items()},
+        }
+    return measured
+
+
+def start(stack: TracedStack, workload: load.Workload, **warm_up: float) -> None:
+    """The Procfile's web, relay and workers, warmed up (connections, imports, caches)."""
+    target = stack.target
+    broker.purge(target, broker.subscriber_queues())
+    web = stack.start_web("web", target.web_port, wait=False)
+    stack.start_procfile("relay")
+    stack.start_workers()
+    wait_http(web, target.web_port, "/api/products/?page_size=1")
+    paced(target, workload, **warm_up)
+
+
+def paced(target: Target, workload: load.Workload, *, rate: float, seconds: float) -> dict:
+    return load.paced(f"http://127.0.0.1:{target.web_port}/api/orders/", workload, rate=rate, seconds=seconds)
+
+
+def settle(target: Target, timeout: float = 120.0) -> None:
     """Until every subscriber queue is empty, and a second more for the deliveries in flight."""
     deadline = time.monotonic() + timeout
-    while any(broker.depths(TARGET, queues).values()):
+    queues = broker.subscriber_queues()
+    while any(broker.depths(target, queues).values()):
         if time.monotonic() > deadline:
             raise RuntimeError(f"subscriber queues still not empty after {timeout:.0f}s")
         time.sleep(0.5)
@@ -176,20 +237,23 @@ def settle(queues: list[str], timeout: float = 120.0) -> None:
 
 
 def summarize(cycles: list[dict[str, dict]], *, rate: float, seconds: float) -> dict:
+    """Per mode and process: CPU per order (median over cycles) and its ratio to the off twin beside it."""
     modes = list(cycles[0])
-    processes = list(cycles[0][OFF]["cpu_ms_per_order"])
-    table: dict[str, dict[str, dict[str, float]]] = {}
+    processes = list(cycles[0][modes[0]][OFF]["cpu_ms_per_order"])
+    table: dict[str, dict[str, dict]] = {OFF: {}}
+    for name in processes:
+        offs = [cycle[mode][OFF]["cpu_ms_per_order"][name] for cycle in cycles for mode in modes]
+        table[OFF][name] = {"ms": round(statistics.median(offs), 2)}
     for mode in modes:
         table[mode] = {}
         for name in processes:
-            values = [cycle[mode]["cpu_ms_per_order"][name] for cycle in cycles]
-            ratios = [
-                cycle[mode]["cpu_ms_per_order"][name] / cycle[OFF]["cpu_ms_per_order"][name]
+            pairs = [
+                (cycle[mode][mode]["cpu_ms_per_order"][name], cycle[mode][OFF]["cpu_ms_per_order"][name])
                 for cycle in cycles
-                if cycle[OFF]["cpu_ms_per_order"][name]
             ]
+            ratios = [traced / off for traced, off in pairs if off]
             table[mode][name] = {
-                "ms": round(statistics.median(values), 2),
+                "ms": round(statistics.median(traced for traced, _ in pairs), 2),
                 "ratio": round(statistics.median(ratios), 3) if ratios else 0.0,
                 "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)] if ratios else [0.0, 0.0],
             }
@@ -199,10 +263,12 @@ def summarize(cycles: list[dict[str, dict]], *, rate: float, seconds: float) -> 
         "seconds": seconds,
         "cycles": cycles,
         "cpu_ms_per_order": table,
-        "spans_per_order": {
-            mode: round(statistics.median(cycle[mode]["spans_per_order"] for cycle in cycles), 1) for mode in modes
+        "spans_per_order": {OFF: 0}
+        | {
+            mode: round(statistics.median(cycle[mode][mode]["spans_per_order"] for cycle in cycles), 1)
+            for mode in modes
         },
-        "failed": sum(run["failed"] for cycle in cycles for run in cycle.values()),
+        "failed": sum(side["failed"] for cycle in cycles for pair in cycle.values() for side in pair.values()),
         "cpus": os.cpu_count(),
         "loadavg": os.getloadavg(),
     }
@@ -215,17 +281,17 @@ def markdown(results: dict) -> str:
     lines = [
         report.TRACING_HEADING,
         "",
-        "`python -m bench.tracing` (database `marketplace_bench_tracing`, production settings): the Procfile's",
-        "web, relay and one worker per subscriber take the same paced load",
-        f"({results['rate']:g} orders/s for {results['seconds']:g} s, on freshly started processes) with tracing off",
-        "(`OTEL_SDK_DISABLED=true`: nothing installed) and on, exporting OTLP/HTTP to a local sink: every",
-        "trace sampled (the worst case), the same without a span per SQL statement",
+        "`python -m bench.tracing` (production settings): two copies of the Procfile's web, relay and one",
+        "worker per subscriber, each on a database and a vhost of its own, take the same paced load side by",
+        f"side ({results['rate']:g} orders/s each for {results['seconds']:g} s, on freshly started processes), one with",
+        "tracing off (`OTEL_SDK_DISABLED=true`: nothing installed), the other with it on, exporting OTLP/HTTP",
+        "to a local sink: every trace sampled (the worst case), the same without a span per SQL statement",
         "(`OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=psycopg`), and one trace in ten and one in a hundred",
         "(`OTEL_TRACES_SAMPLER=parentbased_traceidratio`, `OTEL_TRACES_SAMPLER_ARG=0.1` and `0.01`). CPU is",
-        "utime+stime of those processes from before each window until its last effect is committed and its",
-        f"spans exported, per order; {len(results['cycles'])} cycles of the {len(modes)} modes, their order reversed",
-        "from one cycle to the next; a ratio is the median over cycles of the mode's CPU per order over the",
-        "same cycle's off window, measured in one run. Target: at most 1.05x.",
+        "utime+stime of a copy's processes from before the window until its last effect is committed and its",
+        f"spans exported, per order; {len(results['cycles'])} cycles, the copies swapping roles from one cycle to the",
+        "next; a ratio is the median over cycles of the mode's CPU per order over that of its off twin in the",
+        "same window, so both meet the same moment of this shared machine. Target: at most 1.05x.",
         "",
         "| CPU ms per order | " + " | ".join(modes) + " |",
         "| --- | " + " | ".join("---:" for _ in modes) + " |",
@@ -243,11 +309,10 @@ def markdown(results: dict) -> str:
         "| spans exported per order | " + " | ".join(f"{spans[mode]:g}" for mode in modes) + " |",
         "",
         f"({results['cpus']} CPUs; load average at the end {', '.join(f'{x:.2f}' for x in results['loadavg'])};"
-        f" {results['failed']} failed requests. RabbitMQ and PostgreSQL are shared with other work and left out.)",
+        f" {results['failed']} failed requests. RabbitMQ and PostgreSQL serve both copies and are left out.)",
         "",
         f"Within {TARGET_RATIO:g}x in this run: {', '.join(within) if within else 'none of the modes'}. The"
-        " ratio of the whole system ranged over the cycles as follows (the machine is shared, and one cycle's"
-        " off window is the yardstick of its others): "
+        " ratio of the whole system over the cycles ranged: "
         + "; ".join(
             f"*{mode}* {table[mode]['system']['ratio_range'][0]:.2f}-{table[mode]['system']['ratio_range'][1]:.2f}x"
             for mode in modes
