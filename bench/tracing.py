@@ -103,10 +103,16 @@ class SpanSink:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tracing", description=__doc__.splitlines()[0])
-    parser.add_argument("--cycles", type=int, default=3, help="cycles of the five modes (default 3)")
+    parser.add_argument("--cycles", type=int, default=3, help="cycles of the modes (default 3)")
     parser.add_argument("--rate", type=float, default=10.0, help="orders per second (default 10)")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each window (default 30)")
     parser.add_argument("--write", action="store_true", help=f"put the section into {REPORT.relative_to(ROOT)}")
+    parser.add_argument(
+        "--unsampled",
+        action="store_true",
+        help="instead: nothing sampled (parentbased_always_off), with every instrumentation and with each left "
+        "out, to show what tracing costs an order it does not record (printed, never written)",
+    )
     args = parser.parse_args(argv)
 
     workloads = {}
@@ -123,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         "on, 1 trace in 10": on | ratio | {"OTEL_TRACES_SAMPLER_ARG": "0.1"},
         "on, 1 trace in 100": on | ratio | {"OTEL_TRACES_SAMPLER_ARG": "0.01"},
     }
+    if args.unsampled:
+        none = on | {"OTEL_TRACES_SAMPLER": "parentbased_always_off"}
+        modes = {"none sampled": none} | {
+            f"none sampled, no {left_out}": none | {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": left_out}
+            for left_out in ("django", "psycopg", "httpx", "logging", "django,psycopg,httpx,logging")
+        }
     for name in [name for name in os.environ if name.startswith("OTEL_")]:
         os.environ.pop(name)  # Target.env() hands os.environ to every process: each copy sets its own
     cycles: list[dict[str, dict]] = []
@@ -138,10 +150,11 @@ def main(argv: list[str] | None = None) -> int:
             off, traced = (cycles[-1][mode][side]["cpu_ms_per_order"]["system"] for side in (OFF, mode))
             log(f"cycle {cycle + 1}/{args.cycles} {mode}: {traced} ms/order, off beside it {off}")
     results = summarize(cycles, rate=args.rate, seconds=args.seconds)
-    RAW.write_text(json.dumps(results, indent=2) + "\n")
+    raw = RAW.with_name("tracing-unsampled.json") if args.unsampled else RAW
+    raw.write_text(json.dumps(results, indent=2) + "\n")
     section = markdown(results)
     print(section)
-    if args.write:
+    if args.write and not args.unsampled:
         report.replace_section(REPORT, report.TRACING_HEADING, section)
         log(f"wrote {REPORT}")
     return 0
