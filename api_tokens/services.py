@@ -12,7 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from api_tokens.models import ApiToken
-from marketplace.exceptions import Conflict, DomainError
+from marketplace.exceptions import Conflict, NotFound
 
 
 class TooManyApiTokens(Conflict):
@@ -20,11 +20,8 @@ class TooManyApiTokens(Conflict):
     title = "Too many tokens"
 
 
-class ApiTokenNotFound(DomainError):
-    # Another user's token is "not found" too, so that nobody learns which token ids exist.
-    status = 404
-    slug = "not-found"
-    title = "Not found"
+class ApiTokenNotFound(NotFound):
+    """Another user's token is not found either."""
 
 
 @dataclass(frozen=True)

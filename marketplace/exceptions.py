@@ -27,6 +27,15 @@ class InvalidInput(DomainError):
         super().__init__(detail, errors=errors)
 
 
+class NotFound(DomainError):
+    """An unknown resource, or someone else's: the same problem for both, so that nobody learns
+    which ids exist."""
+
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
 class Conflict(DomainError):
     status = 409
     slug = "conflict"

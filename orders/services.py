@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from marketplace import metrics
 from marketplace.events.outbox import enqueue_event
-from marketplace.exceptions import Conflict, DomainError, InvalidInput, UnprocessableRequest
+from marketplace.exceptions import Conflict, InvalidInput, NotFound, UnprocessableRequest
 from marketplace.internals.django import cache_prefetched
 from orders.events import CancelledBy, order_cancelled_envelope, order_placed_envelope
 from orders.models import IdempotencyKey, Order, OrderLine, Product
@@ -42,12 +42,8 @@ class IdempotencyKeyReused(UnprocessableRequest):
     title = "Idempotency key reused"
 
 
-class OrderNotFound(DomainError):
-    # The same problem as any other unknown API resource: another buyer's order is "not found" too,
-    # so that a buyer cannot learn which order ids exist.
-    status = 404
-    slug = "not-found"
-    title = "Not found"
+class OrderNotFound(NotFound):
+    """Another buyer's order is not found either."""
 
 
 class OrderNotCancellable(Conflict):
