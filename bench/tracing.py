@@ -23,25 +23,19 @@ run, added at the end the first time).
 from __future__ import annotations
 
 import argparse
-import http.server
 import json
 import os
 import statistics
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from tempfile import gettempdir
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
-
 from bench import broker, data, load, report
 from bench.config import QUICK, ROOT, Target
 from bench.processes import Proc, Stack, log, wait_http
+from tests.support.otlp import SpanCounter
 
 TARGET = Target(
     db_name="marketplace_bench_tracing",
@@ -71,36 +65,6 @@ EXPORT_WAIT_SECONDS = 6.0
 TARGET_RATIO = 1.05  # issue 20: tracing on costs at most 5% more CPU per order
 
 
-class SpanSink:
-    """An OTLP/HTTP receiver that only counts spans: what Jaeger would be sent."""
-
-    def __init__(self) -> None:
-        self.spans = 0
-        self.requests = 0
-        sink = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                request = ExportTraceServiceRequest.FromString(body)
-                sink.spans += sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
-                sink.requests += 1
-                answer = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, name="span-sink", daemon=True).start()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tracing", description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=3, help="cycles of the modes (default 3)")
@@ -120,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"database {target.db_name}, vhost {target.vhost}: migrating and seeding")
         broker.create_vhost(target)
         workloads[target.db_name] = data.prepare(target, QUICK)
-    sink = SpanSink()
+    sink = SpanCounter()
     on = {"OTEL_SDK_DISABLED": "false", "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint}
     ratio = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio"}
     modes = {
@@ -172,7 +136,10 @@ class TracedStack(Stack):
 
 
 def measure_pair(
-    pair: dict[str, tuple[Target, dict[str, str]]], workloads: dict[str, load.Workload], sink: SpanSink, **window: float
+    pair: dict[str, tuple[Target, dict[str, str]]],
+    workloads: dict[str, load.Workload],
+    sink: SpanCounter,
+    **window: float,
 ) -> dict[str, dict]:
     """Each side of ``pair`` (a name, its target and its tracing variables) under the same paced load,
     at the same time, on freshly started processes."""
@@ -187,7 +154,7 @@ def measure_pair(
             for done in [pool.submit(settle, stack.target) for stack in stacks.values()]:
                 done.result()
             time.sleep(EXPORT_WAIT_SECONDS)
-            spans_before = sink.spans
+            spans_before = sink.count
             before = {side: stack.cpu_snapshot() for side, stack in stacks.items()}
             running = {
                 side: pool.submit(paced, stack.target, workloads[stack.target.db_name], **window)
@@ -203,7 +170,7 @@ def measure_pair(
         finally:
             for stack in stacks.values():
                 stack.stop_all()
-    spans = sink.spans - spans_before  # only the traced side exports
+    spans = sink.count - spans_before  # only the traced side exports
     measured = {}
     for side, result in results.items():
         orders = max(result["ok"], 1)
