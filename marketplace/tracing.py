@@ -57,7 +57,9 @@ _UNSAMPLED_REQUEST = "marketplace.tracing.unsampled"
 
 enabled = False  # set once by configure(): read on the hot paths, so that off costs one lookup
 _provider: TracerProvider | None = None
-_NOT_TRACED: AbstractContextManager[None] = nullcontext()
+# What every tracing context manager is while tracing is off (or has nothing to do): one shared
+# object, so that off costs no allocation.
+NOT_TRACED: AbstractContextManager[None] = nullcontext()
 
 
 def wanted(environ: Mapping[str, str] = os.environ) -> bool:
@@ -182,7 +184,7 @@ def _redact_request_url(span: Any, request: Any) -> None:
 def quiet_if_unsampled(span: Span) -> AbstractContextManager[object]:
     """Inside an operation the sampler left out, no instrumentation (psycopg, httpx) makes a span;
     our own spans still do, unrecorded, so the trace context with its sampled flag travels on."""
-    return _NOT_TRACED if span.is_recording() else _instrumentation_suppressed()
+    return NOT_TRACED if span.is_recording() else _instrumentation_suppressed()
 
 
 def _instrumentation_suppressed() -> AbstractContextManager[object]:
@@ -267,7 +269,7 @@ def sending_email(message: EmailMessage) -> AbstractContextManager[object]:
     """A client span around sending ``message``, whose context it carries in its ``traceparent``
     (and ``tracestate``) header: the email is the trace's last hop."""
     if not enabled:
-        return _NOT_TRACED
+        return NOT_TRACED
     return _email_span(message)
 
 

@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 SYSTEM = "rabbitmq"
 # Trace headers a task message may carry (W3C, and baggage when OTEL_PROPAGATORS adds it).
 PROPAGATED_HEADERS = (*tracing.W3C_FIELDS, "baggage")
-_NOT_TRACED: AbstractContextManager[None] = nullcontext()
 
 
 def publishing(
@@ -103,7 +102,7 @@ def processing(*, subscriber: topology.Subscriber, request: Any, envelope: Any) 
     replay without trace headers starts a trace of its own. Whenever the event's own trace is not
     the parent's, the span links to it."""
     if not tracing.enabled:
-        return _NOT_TRACED
+        return tracing.NOT_TRACED
     return _process_span(subscriber, request, envelope)
 
 
@@ -175,7 +174,7 @@ def recording(messages: list[Any]) -> AbstractContextManager[None]:
     """One consumer span per dead letter the recorder records, each in the trace its headers carry,
     lasting until the burst they came in is recorded."""
     if not tracing.enabled:
-        return _NOT_TRACED
+        return tracing.NOT_TRACED
     return _recording_spans(messages)
 
 

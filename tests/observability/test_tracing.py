@@ -375,7 +375,7 @@ def test_tracing_off_installs_nothing(db, monkeypatch):
     assert not {"traceparent", "tracestate"} & set(envelope)
     assert not {"traceparent", "tracestate"} & set(broker.event_message(envelope)[1]["headers"])
     subscriber = topology.subscriber_named("order_confirmation")
-    assert event_tracing.processing(subscriber=subscriber, request=None, envelope=envelope) is event_tracing._NOT_TRACED
+    assert event_tracing.processing(subscriber=subscriber, request=None, envelope=envelope) is tracing.NOT_TRACED
 
 
 def test_log_lines_carry_the_trace_and_span_ids_inside_a_traced_operation():
