@@ -30,11 +30,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 
 from celery.signals import worker_init, worker_process_shutdown
 from django.conf import settings
 from prometheus_client import multiprocess, values
+from prometheus_client.metrics_core import Metric
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +80,38 @@ def prepare_directory(directory: str) -> None:
         return
     for _, pid in set(dead.values()):
         mark_process_dead(pid, directory)
+
+
+class FilesCollector:
+    """Every process's files in ``directory``, added up (prometheus_client's MultiProcessCollector),
+    leaving out a file its process is still creating.
+
+    prometheus_client creates a process's file empty and sizes it a moment later; a scrape in that
+    moment fails as a whole, every other process's metrics with it (struct.error, an open issue:
+    prometheus/client_python#1199), and a process killed in that moment leaves the empty file for
+    good. An empty file holds nothing recorded yet, so it is left out. Files only grow while their
+    process lives, so one seen with its header is still whole when it is read.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = Path(directory)
+
+    def collect(self) -> Iterable[Metric]:
+        return multiprocess.MultiProcessCollector.merge(self._written_files(), accumulate=True)
+
+    def _written_files(self) -> list[str]:
+        files = []
+        for file in sorted(self.directory.glob("*.db")):
+            try:
+                if file.stat().st_size >= _HEADER_BYTES:
+                    files.append(str(file))
+            except FileNotFoundError:  # a live gauge's file, removed as its process was marked dead
+                continue
+        return files
+
+
+# A file's first 8 bytes say how much of it is used (prometheus_client's mmap_dict).
+_HEADER_BYTES = 8
 
 
 def mark_process_dead(pid: int, directory: str) -> None:

@@ -16,10 +16,10 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_safe
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from marketplace import metrics
 from marketplace.metrics.collectors import StateCollector
+from marketplace.metrics.multiprocess import FilesCollector
 from marketplace.problems import not_found_view
 
 
@@ -53,7 +53,7 @@ def registry() -> CollectorRegistry:
     instruments = metrics.instruments()  # sets up this process's multiprocess mode first
     collected = CollectorRegistry()
     if settings.PROMETHEUS_MULTIPROC_DIR:
-        MultiProcessCollector(collected, path=settings.PROMETHEUS_MULTIPROC_DIR)
+        collected.register(FilesCollector(settings.PROMETHEUS_MULTIPROC_DIR))
     else:
         for collector in instruments.collectors():
             collected.register(collector)

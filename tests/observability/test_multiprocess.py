@@ -3,6 +3,8 @@
 import os
 import subprocess
 
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
 from marketplace.metrics import multiprocess
 
 
@@ -71,3 +73,19 @@ def test_an_exiting_pool_process_is_marked_dead(tmp_path, monkeypatch):
     multiprocess.mark_pool_process_dead(pid=pid, exitcode=0)
 
     assert [path.name for path in tmp_path.iterdir()] == [f"counter_{host}-{pid}.db"]
+
+
+def test_a_scrape_leaves_out_a_file_its_process_is_still_creating(tmp_path):
+    # prometheus_client creates a file empty and sizes it a moment later; a scrape in between (or
+    # after a process was killed in between) must still show every other process's counts.
+    written = MmapedDict(str(tmp_path / f"counter_{multiprocess.HOST}-1.db"))
+    written.write_value(mmap_key("orders_placed", "orders_placed_total", [], [], "Orders placed."), 3.0, 0.0)
+    written.close()
+    _files(tmp_path, f"counter_{multiprocess.HOST}-2.db")
+
+    samples = [
+        (sample.name, sample.value) for metric in multiprocess.FilesCollector(str(tmp_path)).collect()
+        for sample in metric.samples
+    ]  # fmt: skip
+
+    assert samples == [("orders_placed_total", 3.0)]
