@@ -19,8 +19,10 @@ and exports over OTLP/HTTP (protobuf) through a BatchSpanProcessor, flushed when
 a traced operation (a request, a publish, a task): the relay's and the recorder's polling would
 otherwise make a trace of their own every second. Inside an operation the sampler left out
 (OTEL_TRACES_SAMPLER), the instrumentations are suppressed: a query's span would not be recorded,
-yet making it costs a good part of what recording does (docs/benchmarks.md). The event bus's own
-spans (publish, process, retries, replays) are in marketplace/events/tracing.py.
+yet making it costs a good part of what recording does (docs/benchmarks.md). An operation whose
+parent was left out, with the sampler following the parent (the default), makes no span at all: it
+passes the parent's context on (``left_out``, ``passing_on``). The event bus's own spans (publish,
+process, retries, replays) are in marketplace/events/tracing.py.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ _UNSAMPLED_REQUEST = "marketplace.tracing.unsampled"
 
 enabled = False  # set once by configure(): read on the hot paths, so that off costs one lookup
 _provider: TracerProvider | None = None
+# Set by configure(): the sampler follows the parent's decision (ParentBased: the SDK's default, and
+# every parentbased_* OTEL_TRACES_SAMPLER), so a span under a parent left out is left out too.
+_parent_decides = False
 # What every tracing context manager is while tracing is off (or has nothing to do): one shared
 # object, so that off costs no allocation.
 NOT_TRACED: AbstractContextManager[None] = nullcontext()
@@ -83,7 +88,7 @@ def configure(process: str) -> bool:
     service name is ``marketplace-<process>`` unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES
     name one. Call it after any fork: the exporting thread does not survive one.
     """
-    global enabled, _provider
+    global enabled, _provider, _parent_decides
     if enabled or not wanted():
         return enabled
     from opentelemetry import trace
@@ -105,6 +110,7 @@ def configure(process: str) -> bool:
         _provider.add_span_processor(processor)
         within_operations.add_span_processor(processor)
     trace.set_tracer_provider(_provider)
+    _parent_decides = isinstance(_provider.sampler, ParentBased)
     _instrument(process, within_operations)
     enabled = True
     return True
@@ -183,8 +189,40 @@ def _redact_request_url(span: Any, request: Any) -> None:
 
 def quiet_if_unsampled(span: Span) -> AbstractContextManager[object]:
     """Inside an operation the sampler left out, no instrumentation (psycopg, httpx) makes a span;
-    our own spans still do, unrecorded, so the trace context with its sampled flag travels on."""
+    our own spans still do, unrecorded (unless ``left_out`` saw it coming), so the trace context
+    with its sampled flag travels on."""
     return NOT_TRACED if span.is_recording() else _instrumentation_suppressed()
+
+
+def left_out(parent: Context | None = None) -> bool:
+    """Whether a span started under ``parent`` (the current context when None) is known to be left
+    out without asking the SDK: its parent was, and the sampler follows the parent (the default).
+
+    Most operations are not sampled in production (1 in 100, docs/observability.md), and starting
+    a span only to learn that costs a task about 0.3 ms of the SDK's machinery (sampler, ids,
+    context managers): such an operation passes its parent's trace context on instead
+    (``passing_on``), as every span under it would have, flagged not sampled."""
+    if not _parent_decides:
+        return False
+    from opentelemetry import trace
+
+    span_context = trace.get_current_span(parent).get_span_context()
+    return span_context.is_valid and not span_context.trace_flags.sampled
+
+
+@contextmanager
+def passing_on(parent: Context | None = None) -> Iterator[None]:
+    """Run inside ``parent`` (an operation left out, see ``left_out``) with the instrumentations
+    suppressed, making no span: what is propagated from inside is the parent's context."""
+    from opentelemetry import context
+
+    token = context.attach(parent) if parent is not None else None
+    try:
+        with _instrumentation_suppressed():
+            yield
+    finally:
+        if token is not None:
+            context.detach(token)
 
 
 def _instrumentation_suppressed() -> AbstractContextManager[object]:
@@ -278,6 +316,10 @@ def _email_span(message: EmailMessage) -> Iterator[object]:
     from django.conf import settings
     from opentelemetry import propagate, trace
 
+    if left_out():
+        propagate.inject(message.extra_headers)
+        yield None
+        return
     with tracer(__name__).start_as_current_span("send email", kind=trace.SpanKind.CLIENT) as span:
         if span.is_recording():
             span.set_attributes(_email_attributes(settings.EMAIL_BACKEND, settings.EMAIL_HOST, settings.EMAIL_PORT))

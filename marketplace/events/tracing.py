@@ -18,7 +18,8 @@ around what the instrumentations record inside them (psycopg, httpx).
 With tracing off every function returns at once, handing on whatever trace headers the message
 already carries, so a traced chain passes through an untraced process unbroken. With it on, a span
 the sampler left out gets no attributes, and a handling it left out runs with the instrumentations
-suppressed (tracing.quiet_if_unsampled).
+suppressed (tracing.quiet_if_unsampled). Under a parent already left out (most orders, in
+production) no span is made: the parent's context is passed on as it came (tracing.left_out).
 """
 
 from __future__ import annotations
@@ -111,14 +112,20 @@ def _process_span(subscriber: topology.Subscriber, request: Any, envelope: Any) 
     from opentelemetry import propagate, trace
     from opentelemetry.context import Context
 
-    origin = tracing.w3c_context(envelope)
+    origin = None
     carried = carried_headers(request)
     if carried:
         parent = propagate.extract(carried, context=Context())
     elif internal_celery.request_header(request, message_headers.REPLAY_OF):
         parent = Context()
     else:
-        parent = origin
+        parent = origin = tracing.w3c_context(envelope)
+    if tracing.left_out(parent):
+        with tracing.passing_on(parent):
+            yield
+        return
+    if origin is None:
+        origin = tracing.w3c_context(envelope)
     origin_span = trace.get_current_span(origin).get_span_context()
     parent_span = trace.get_current_span(parent).get_span_context()
     links = []
@@ -238,12 +245,16 @@ def _span(
     """``attributes`` are worked out only for a span the sampler keeps."""
     from opentelemetry import propagate, trace
 
+    headers: dict[str, str] = {}
+    if tracing.left_out(parent):
+        propagate.inject(headers, context=parent)
+        yield headers
+        return
     with tracing.tracer(__name__).start_as_current_span(
         name, context=parent, kind=trace.SpanKind[kind], links=links or ()
     ) as span:
         if span.is_recording():
             span.set_attributes(attributes())
-        headers: dict[str, str] = {}
         propagate.inject(headers)
         yield headers
 

@@ -331,6 +331,51 @@ def test_a_dead_letter_stays_in_its_trace_and_a_replay_is_a_new_trace_linked_to_
     )
 
 
+@pytest.mark.xdist_group("traced_system")
+def test_an_order_its_caller_left_unsampled_passes_the_trace_on_and_records_nothing(
+    traced_system, otlp, smtp, shop, seller_webhook
+):
+    # The caller's trace was not sampled (flags 00): with the SDK's parent-based sampler no process
+    # records a span of it, and each passes the same trace on, still flagged not sampled.
+    unsampled = "00-6d61726b6574706c6163652d74726163-00f067aa0ba902b7-00"
+    trace_id = span_of(unsampled)[0]
+    response = httpx.post(
+        f"http://127.0.0.1:{traced_system.web_port}/api/orders/",
+        json={"lines": [{"product": shop["product"].pk, "quantity": 1}]},
+        headers={"Authorization": f"Token {shop['token']}", "traceparent": unsampled},
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    event = OutboxEvent.objects.get(event_type="order.placed", envelope__data__order_id=response.json()["id"])
+    changed = eventually(lambda: OutboxEvent.objects.filter(event_type="customer.segment_changed").first(), timeout=30)
+    eventually(
+        lambda: all(done(name, event) for name in ORDER_SUBSCRIBERS) and done("loyalty_rewards", changed),
+        timeout=30,
+        message="every subscriber to handle the order and the segment change",
+    )
+
+    for carrier in (event.envelope, changed.envelope):  # the event, and the one its handling emitted
+        assert tracing.trace_id_of(carrier) == trace_id
+        assert carrier["traceparent"].endswith("-00")
+    emails = [d for d in smtp.snapshot() if d.event_id in (event.envelope["id"], changed.envelope["id"])]
+    assert len(emails) == 2  # the confirmation and the reward
+    assert all(span_of(email.headers["traceparent"])[0] == trace_id for email in emails)
+    assert all(email.headers["traceparent"].endswith("-00") for email in emails)
+
+    # A sampled order after it: once its handling is exported by every worker, so would anything of
+    # the first order's have been.
+    later = place_order(traced_system, shop)
+    later_trace = tracing.trace_id_of(later.envelope)
+    eventually(
+        lambda: (
+            {f"marketplace-{name}" for name in ORDER_SUBSCRIBERS} <= {span.service for span in otlp.trace(later_trace)}
+        ),
+        timeout=30,
+        message="the sampled order's spans",
+    )
+    assert otlp.trace(trace_id) == []
+
+
 # --- in this process: tracing off --------------------------------------------------------------
 
 
@@ -483,3 +528,27 @@ def test_no_instrumentation_runs_inside_an_operation_the_sampler_left_out(monkey
     assert is_instrumentation_enabled() is False
     tracing._end_of_request(trace.INVALID_SPAN, request, HttpResponse())
     assert is_instrumentation_enabled()
+
+
+def test_an_operation_under_a_parent_left_out_is_left_out_without_asking_the_sdk(monkeypatch):
+    from opentelemetry import propagate
+    from opentelemetry.context import Context
+    from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+
+    unsampled = tracing.w3c_context({"traceparent": "00-6d61726b6574706c6163652d74726163-00f067aa0ba902b7-00"})
+    sampled = tracing.w3c_context({"traceparent": "00-6d61726b6574706c6163652d74726163-00f067aa0ba902b7-01"})
+
+    monkeypatch.setattr(tracing, "_parent_decides", True)  # configure(): the SDK's default, parent-based
+    assert tracing.left_out(unsampled) is True
+    assert tracing.left_out(sampled) is False
+    assert tracing.left_out(Context()) is False  # a root: the sampler decides
+    with tracing.passing_on(unsampled):
+        assert tracing.left_out() is True  # what runs inside is left out too, and uninstrumented
+        assert is_instrumentation_enabled() is False
+        carried: dict[str, str] = {}
+        propagate.inject(carried)
+        assert carried == {"traceparent": "00-6d61726b6574706c6163652d74726163-00f067aa0ba902b7-00"}  # passed on
+    assert is_instrumentation_enabled()
+
+    monkeypatch.setattr(tracing, "_parent_decides", False)  # traceidratio alone: a child may be sampled
+    assert tracing.left_out(unsampled) is False
