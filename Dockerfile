@@ -26,6 +26,7 @@ COPY orders ./orders
 COPY notifications ./notifications
 COPY segmentation ./segmentation
 COPY loyalty ./loyalty
+COPY api_tokens ./api_tokens
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . && pip check
 
 # The project itself (manage.py); processes run from /app, which comes first on sys.path.
