@@ -552,3 +552,28 @@ def test_an_operation_under_a_parent_left_out_is_left_out_without_asking_the_sdk
 
     monkeypatch.setattr(tracing, "_parent_decides", False)  # traceidratio alone: a child may be sampled
     assert tracing.left_out(unsampled) is False
+
+
+def test_a_query_or_call_outside_any_operation_makes_no_span(monkeypatch):
+    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)  # tests/settings.py: the SDK would make no-op spans
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    instrumentation = tracing._joining(provider).get_tracer("psycopg")  # what configure() hands it
+
+    with instrumentation.start_as_current_span("SELECT") as outside:
+        assert outside is trace.INVALID_SPAN
+    assert instrumentation.start_span("POST") is trace.INVALID_SPAN
+    operation = provider.get_tracer(__name__)
+    with (
+        operation.start_as_current_span("process marketplace.order_confirmation"),
+        instrumentation.start_as_current_span("SELECT") as inside,
+    ):
+        assert inside.is_recording()
+
+    assert [span.name for span in exported.get_finished_spans()] == ["SELECT", "process marketplace.order_confirmation"]
