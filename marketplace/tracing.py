@@ -138,7 +138,7 @@ def _joining(provider: TracerProvider) -> TracerProviderApi:
     relay's and the recorder's polling, the on-commit publisher recording what it published) a
     query or an HTTP call makes no span at all. The SDK would start one only for the sampler to
     leave it out, which costs most of what making a recorded span does: an eighth of what tracing
-    cost an unsampled order in the web (instructions counted by callgrind, docs/benchmarks.md)."""
+    cost an unsampled order in the web (instructions counted by callgrind, in one process)."""
     from opentelemetry import trace
 
     def in_operation(context: Context | None) -> bool:
@@ -246,18 +246,17 @@ def left_out(parent: Context | None = None) -> bool:
 
 
 @contextmanager
-def passing_on(parent: Context | None = None) -> Iterator[None]:
+def passing_on(parent: Context) -> Iterator[None]:
     """Run inside ``parent`` (an operation left out, see ``left_out``) with the instrumentations
     suppressed, making no span: what is propagated from inside is the parent's context."""
     from opentelemetry import context
 
-    token = context.attach(parent) if parent is not None else None
+    token = context.attach(parent)
     try:
         with _instrumentation_suppressed():
             yield
     finally:
-        if token is not None:
-            context.detach(token)
+        context.detach(token)
 
 
 def _instrumentation_suppressed() -> AbstractContextManager[object]:
