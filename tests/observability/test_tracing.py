@@ -110,11 +110,11 @@ def shop(transactional_db, seller_webhook):
     return {"buyer": buyer, "token": token_for(buyer), "product": ProductFactory(seller=seller, stock=5)}
 
 
-def place_order(system: System, shop: dict) -> OutboxEvent:
+def place_order(system: System, shop: dict, **headers: str) -> OutboxEvent:
     response = httpx.post(
         f"http://127.0.0.1:{system.web_port}/api/orders/",
         json={"lines": [{"product": shop["product"].pk, "quantity": 1}]},
-        headers={"Authorization": f"Token {shop['token']}"},
+        headers={"Authorization": f"Token {shop['token']}", **headers},
         timeout=30,
     )
     assert response.status_code == 201, response.text
@@ -339,14 +339,7 @@ def test_an_order_its_caller_left_unsampled_passes_the_trace_on_and_records_noth
     # records a span of it, and each passes the same trace on, still flagged not sampled.
     unsampled = "00-6d61726b6574706c6163652d74726163-00f067aa0ba902b7-00"
     trace_id = span_of(unsampled)[0]
-    response = httpx.post(
-        f"http://127.0.0.1:{traced_system.web_port}/api/orders/",
-        json={"lines": [{"product": shop["product"].pk, "quantity": 1}]},
-        headers={"Authorization": f"Token {shop['token']}", "traceparent": unsampled},
-        timeout=30,
-    )
-    assert response.status_code == 201, response.text
-    event = OutboxEvent.objects.get(event_type="order.placed", envelope__data__order_id=response.json()["id"])
+    event = place_order(traced_system, shop, traceparent=unsampled)
     changed = eventually(lambda: OutboxEvent.objects.filter(event_type="customer.segment_changed").first(), timeout=30)
     eventually(
         lambda: all(done(name, event) for name in ORDER_SUBSCRIBERS) and done("loyalty_rewards", changed),
