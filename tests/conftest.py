@@ -20,7 +20,7 @@ from kombu import Connection
 
 from marketplace.celery import app as celery_app
 from marketplace.events import outbox, topology
-from tests.support.broker import EventTap, purge_subscriber_queues, rabbitmqctl
+from tests.support.broker import EventTap, add_vhost, delete_vhost, purge_subscriber_queues
 from tests.support.faults import Faults
 from tests.support.recorder import RecorderProcess
 from tests.support.tcp_proxy import TcpProxy
@@ -58,10 +58,8 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def broker_url():
     vhost = f"marketplace-test-{uuid.uuid4().hex[:10]}"
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-    rabbitmqctl("delete_vhost", vhost)
+    yield add_vhost(vhost)
+    delete_vhost(vhost)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -138,6 +136,9 @@ def worker_env(broker_url, django_db_setup):
         "DATABASE_CONN_MAX_AGE": "0",
         "BROKER_URL": broker_url,
         "PYTHONPATH": str(ROOT),
+        # Django's system checks, which Celery runs at every worker's boot (a quarter of its CPU): the
+        # suite starts dozens of workers on the same settings, and tests/security runs the checks.
+        "CELERY_SKIP_CHECKS": "1",
         **TEST_RETRY_ENV,
     }
 

@@ -33,7 +33,8 @@ class RecorderProcess:
     def start(self) -> RecorderProcess:
         self.log = open(self.log_path, "w")  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "record_dead_letters"],
+            # --skip-checks: as the workers (tests/conftest.py's worker_env).
+            [sys.executable, "manage.py", "record_dead_letters", "--skip-checks"],
             cwd=ROOT,
             env=self.env,
             stdout=self.log,
