@@ -14,7 +14,7 @@ from selenium.webdriver.common.by import By
 
 from marketplace.events import topology
 from tests.observability.test_flower import OURS, flower
-from tests.support.broker import rabbitmqctl
+from tests.support.broker import add_vhost, delete_vhost
 from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.broker]
@@ -28,12 +28,10 @@ def other_deployment():
     from kombu import Connection
 
     vhost = f"marketplace-other-deployment-test-{uuid.uuid4().hex[:10]}"  # concurrent runs share the broker
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    with Connection(f"amqp://guest:guest@127.0.0.1:5672/{vhost}") as conn:
+    with Connection(add_vhost(vhost)) as conn:
         topology.declare(conn)
     yield vhost
-    rabbitmqctl("delete_vhost", vhost)
+    delete_vhost(vhost)
 
 
 def test_flowers_broker_tab_lists_this_deployments_queues_dead_letters_included(

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from marketplace.events.envelope import build_envelope
 from marketplace.events.models import OutboxEvent
-from tests.support.broker import rabbitmqctl
+from tests.support.broker import add_vhost, delete_vhost
 
 
 def order_placed_sample(order_id: int = 1) -> dict:
@@ -67,9 +67,7 @@ class Vhost:
 def throwaway_vhost():
     """An empty RabbitMQ vhost of the test's own (deleted afterwards), for topologies nobody else may see."""
     name = f"marketplace-throwaway-{uuid.uuid4().hex[:10]}"
-    rabbitmqctl("add_vhost", name)
     try:
-        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-        yield Vhost(name=name, url=f"amqp://guest:guest@127.0.0.1:5672/{name}")
+        yield Vhost(name=name, url=add_vhost(name))
     finally:
-        rabbitmqctl("delete_vhost", name)
+        delete_vhost(name)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from io import StringIO
 
 import pytest
@@ -12,14 +11,10 @@ from kombu import Connection, Exchange, Queue
 from kombu.exceptions import OperationalError
 
 from marketplace.events import topology
-from tests.support.broker import rabbitmqctl
+from tests.support.broker import bindings_in, queues_in
 from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.broker]
-
-
-def list_json(what: str, vhost: str, *fields: str) -> list[dict]:
-    return json.loads(rabbitmqctl(f"list_{what}", "-p", vhost, *fields, "--formatter", "json", "--silent"))
 
 
 def test_setup_broker_declares_everything_and_can_run_again(throwaway_vhost, settings):
@@ -31,7 +26,7 @@ def test_setup_broker_declares_everything_and_can_run_again(throwaway_vhost, set
         outputs.append(out.getvalue())
 
     assert all("broker topology declared" in output for output in outputs)
-    queues = {q["name"]: q for q in list_json("queues", throwaway_vhost.name, "name", "durable", "arguments")}
+    queues = queues_in(throwaway_vhost.name)
     retry_delays = django_settings.SUBSCRIBER_RETRY_DELAYS
     assert set(queues) == {"marketplace.dead-letter.recorder", "marketplace.dead-letter.parked"} | {
         name
@@ -39,7 +34,7 @@ def test_setup_broker_declares_everything_and_can_run_again(throwaway_vhost, set
         for name in (s.queue_name, s.dead_letter_queue_name, *map(s.retry_queue_name, retry_delays[s.name]))
     }
     assert all(queue["durable"] is True for queue in queues.values())
-    arguments = {name: {key: value for key, _type, value in q["arguments"]} for name, q in queues.items()}
+    arguments = {name: q["arguments"] for name, q in queues.items()}
     assert arguments["marketplace.dead-letter.recorder"] == {"x-queue-type": "quorum"}
     for subscriber in topology.SUBSCRIBERS:
         assert arguments[subscriber.queue_name] == {
@@ -60,11 +55,7 @@ def test_setup_broker_declares_everything_and_can_run_again(throwaway_vhost, set
                 "x-dead-letter-strategy": "at-least-once",
                 "x-overflow": "reject-publish",
             }
-    bindings = {
-        (b["source_name"], b["destination_name"], b["routing_key"])
-        for b in list_json("bindings", throwaway_vhost.name, "source_name", "destination_name", "routing_key")
-        if b["source_name"]  # leave out the default exchange's implicit bindings
-    }
+    bindings = bindings_in(throwaway_vhost.name)
     assert bindings == (
         {("marketplace.events", s.queue_name, "") for s in topology.SUBSCRIBERS}
         | {
@@ -141,9 +132,8 @@ def test_an_events_exchange_of_another_type_is_a_topology_mismatch(throwaway_vho
 def test_a_worker_declares_its_queue_and_fanout_binding_on_a_fresh_broker(throwaway_vhost, start_worker):
     worker = start_worker("customer_segmentation", BROKER_URL=throwaway_vhost.url)
     try:
-        bindings = list_json("bindings", throwaway_vhost.name, "source_name", "destination_name")
+        bindings = bindings_in(throwaway_vhost.name)
     finally:
         worker.stop()
-    assert {"source_name": "marketplace.events", "destination_name": "marketplace.customer_segmentation"} in bindings
-    queues = {q["name"] for q in list_json("queues", throwaway_vhost.name, "name")}
-    assert "marketplace.customer_segmentation.dead" in queues
+    assert ("marketplace.events", "marketplace.customer_segmentation", "") in bindings
+    assert "marketplace.customer_segmentation.dead" in queues_in(throwaway_vhost.name)

@@ -16,16 +16,12 @@ from kombu import Connection, Consumer, Producer, Queue
 from marketplace import health
 from marketplace.events import topology
 from marketplace.events.topology_check import TopologyWatch, topology_problems
-from tests.support.broker import rabbitmqctl
+from tests.support.broker import bindings_in, queues_in
 
 pytestmark = [pytest.mark.broker]
 
 UNREACHABLE_MANAGEMENT_API = "http://guest:guest@127.0.0.1:1/api/"
 FANOUT = topology.EVENTS_EXCHANGE.name
-
-
-def list_json(what: str, vhost: str, *fields: str) -> list[dict]:
-    return json.loads(rabbitmqctl(f"list_{what}", "-p", vhost, *fields, "--formatter", "json", "--silent"))
 
 
 def retry_delays() -> dict[str, tuple[int, ...]]:
@@ -46,11 +42,7 @@ def problems_in(url: str, management_url: str | None = None) -> list[str]:
 
 
 def fanout_destinations(vhost: str) -> set[str]:
-    return {
-        b["destination_name"]
-        for b in list_json("bindings", vhost, "source_name", "destination_name")
-        if b["source_name"] == FANOUT
-    }
+    return {destination for source, destination, _ in bindings_in(vhost) if source == FANOUT}
 
 
 def unbind_from_fanout(url: str, subscriber: topology.Subscriber) -> None:
@@ -314,10 +306,7 @@ def body(message) -> bytes:
 
 
 def queue_arguments(vhost: str) -> dict[str, dict]:
-    return {
-        q["name"]: {key: value for key, _type, value in q["arguments"]}
-        for q in list_json("queues", vhost, "name", "arguments")
-    }
+    return {name: queue["arguments"] for name, queue in queues_in(vhost).items()}
 
 
 def test_migrate_moves_the_classic_queues_to_quorum_without_losing_a_message(throwaway_vhost, settings):

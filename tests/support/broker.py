@@ -1,25 +1,51 @@
-"""The test session's RabbitMQ: rabbitmqctl, queue depths, an event tap."""
+"""The test session's RabbitMQ: vhosts, what a vhost holds, queue depths, an event tap.
+
+Vhosts and listings go through the management HTTP API (bin/setup enables it), not rabbitmqctl: each
+rabbitmqctl call boots an Erlang VM, about 0.7 s of CPU, and the suite makes dozens. rabbitmqctl stays
+for what only it tells exactly (tests/subscribers/test_hostile_messages.py's unacknowledged counts).
+"""
 
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 import uuid
+from urllib.parse import quote
 
+import httpx
 from django.conf import settings
 from kombu import Connection, Queue
 
 from marketplace.events import topology
+from marketplace.events.topology_check import ManagementApi
 
 RABBITMQCTL = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
 
 
-def rabbitmqctl(*args: str, timeout: float = 120) -> str:
-    result = subprocess.run([RABBITMQCTL, *args], capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr or result.stdout}")
-    return result.stdout
+def management_api() -> ManagementApi:
+    return ManagementApi(settings.RABBITMQ_MANAGEMENT_URL, timeout=60)
+
+
+def add_vhost(name: str) -> str:
+    """Create vhost ``name``, open to guest; its AMQP URL."""
+    management_api().create_vhost(name, user="guest")
+    return f"amqp://guest:guest@127.0.0.1:5672/{quote(name, safe='')}"
+
+
+def delete_vhost(name: str) -> None:
+    api = management_api()
+    httpx.delete(f"{api.url}vhosts/{quote(name, safe='')}", auth=api.auth, timeout=api.timeout).raise_for_status()
+
+
+def queues_in(vhost: str) -> dict[str, dict]:
+    """name -> the queue's management API row (``durable``, ``arguments`` as a dict, ...)."""
+    return {row["name"]: row for row in management_api().get(f"queues/{quote(vhost, safe='')}") or []}
+
+
+def bindings_in(vhost: str) -> set[tuple[str, str, str]]:
+    """(exchange, queue, routing key) of every binding, without the default exchange's implicit ones."""
+    rows = management_api().get(f"bindings/{quote(vhost, safe='')}") or []
+    return {(row["source"], row["destination"], row["routing_key"]) for row in rows if row["source"]}
 
 
 def queue_depth(conn: Connection, name: str) -> int:
