@@ -34,14 +34,23 @@ from tests.support.workers import (
     resume,
 )
 
+# Every Celery worker the tests start, their own or the harnesses' (bench, fault ledger), inherits
+# this: Django's system checks, which Celery runs at each worker's boot, are a quarter of its CPU, the
+# suite starts dozens of workers on the same settings, and tests/security runs the checks themselves.
+os.environ.setdefault("CELERY_SKIP_CHECKS", "1")
+
 # --- distribution --------------------------------------------------------------------------
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    """Refuse to run when pytest-xdist's groups would be silently ignored: an xdist process tags a
+    """Tests marked ``long`` first: spread over processes (bin/test), the last one started would
+    otherwise end the run alone on one core.
+
+    And refuse to run when pytest-xdist's groups would be silently ignored: an xdist process tags a
     grouped test by appending "@<group>" to its node id, and a pytest that no longer lets it (9.2
     with xdist 3.8) would boot a group's expensive fixture on every process (pyproject.toml)."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: the rest keep their order
     if not config.getoption("loadgroup", default=False):
         return  # not an xdist process under --dist loadgroup
     untagged = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
@@ -136,9 +145,6 @@ def worker_env(broker_url, django_db_setup):
         "DATABASE_CONN_MAX_AGE": "0",
         "BROKER_URL": broker_url,
         "PYTHONPATH": str(ROOT),
-        # Django's system checks, which Celery runs at every worker's boot (a quarter of its CPU): the
-        # suite starts dozens of workers on the same settings, and tests/security runs the checks.
-        "CELERY_SKIP_CHECKS": "1",
         **TEST_RETRY_ENV,
     }
 

@@ -17,7 +17,7 @@ from bench.config import TINY, Target
 from bench.run import run
 from marketplace.events import topology
 
-pytestmark = [pytest.mark.broker, pytest.mark.workers]
+pytestmark = [pytest.mark.broker, pytest.mark.workers, pytest.mark.long]
 
 
 def free_port() -> int:

@@ -114,6 +114,7 @@ def _states(browser) -> dict[str, str]:
     }
 
 
+@pytest.mark.long
 def test_an_operator_replays_a_failure_group_follows_it_and_traces_an_order(
     transactional_db, live_server, browser, operator, broker, broker_url
 ):

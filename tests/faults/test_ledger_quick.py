@@ -14,7 +14,7 @@ from tests.faults.harness import kinds
 from tests.faults.harness.ledger import Harness
 
 # One xdist process runs them all (bin/test: --dist loadgroup), so the harness boots once.
-pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("ledger_quick")]
+pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("ledger_quick"), pytest.mark.long]
 
 
 @pytest.fixture(scope="module")

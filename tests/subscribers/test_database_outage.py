@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.workers]
 MAX_RETRIES = int(TEST_RETRY_ENV["SUBSCRIBER_MAX_RETRIES"])
 
 
+@pytest.mark.long
 def test_a_database_outage_longer_than_the_retry_budget_loses_and_dead_letters_nothing(
     workers, faults, shop, place_order, replace_worker, database_proxy, broker
 ):

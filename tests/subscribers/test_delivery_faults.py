@@ -62,6 +62,7 @@ def test_a_worker_killed_mid_task_loses_nothing_and_repeats_nothing(
     assert not FailedEvent.objects.exists()
 
 
+@pytest.mark.long
 def test_a_retry_waits_in_the_broker_not_in_the_worker(workers, faults, shop, place_order, replace_worker, broker):
     worker = replace_worker("order_confirmation", SUBSCRIBER_RETRY_BACKOFF="6")
     faults.fail_email(1)

@@ -477,6 +477,7 @@ REGRESSIONS = [
 ]
 
 
+@pytest.mark.long
 @LIVE
 @given(batch=BATCH, order_count=st.integers(1, 2))
 @example(batch=REGRESSIONS, order_count=1)

@@ -82,6 +82,7 @@ def test_every_kind_of_poison_gets_a_record_and_the_events_behind_it_flow(
     assert ProcessedEvent.objects.filter(event_id=envelope["id"], subscriber=CONFIRMATION.name).exists()
 
 
+@pytest.mark.long
 def test_an_event_that_kills_its_worker_every_time_ends_at_the_delivery_limit(
     workers, faults, shop, place_order, broker
 ):
