@@ -8,12 +8,13 @@ from bench.plot import plot
 from bench.ratios import _get, recorder_row, rows
 
 # Sections that a benchmark of their own writes (`python -m bench --recorder`, bench.tokens,
-# bench.rate_limits, bench.tracing), each replacing its own in place: a full run keeps them.
+# bench.rate_limits, bench.tracing, bench.soak), each replacing its own in place: a full run keeps them.
 RECORDER_HEADING = "## Dead-letter recorder vs a plain consumer"
 TOKENS_HEADING = "## API tokens: DRF's clear-text keys vs knox's digests"
 RATE_LIMITS_HEADING = "## Rate limits: the cost of counting"
 TRACING_HEADING = "## Tracing: the CPU an order costs with it on"
-SEPARATE_SECTIONS = (RECORDER_HEADING, TOKENS_HEADING, RATE_LIMITS_HEADING, TRACING_HEADING)
+SOAK_HEADING = "## Memory over a long paced run"
+SEPARATE_SECTIONS = (RECORDER_HEADING, TOKENS_HEADING, RATE_LIMITS_HEADING, TRACING_HEADING, SOAK_HEADING)
 CPU_SCENARIOS = ("floor", "thin", "api_alone", "api_no_outbox", "full_stack", "task_events_off")
 MARK = {True: "met", False: "**missed**", None: "not measured", "reference": "(reference)"}
 

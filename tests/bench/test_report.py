@@ -27,3 +27,31 @@ def test_a_full_report_keeps_the_sections_it_did_not_measure(tmp_path, monkeypat
     assert "recorder v3" in text
     assert "recorder v2" not in text
     assert f"{report.TOKENS_HEADING}\n\ntokens\n" in text
+
+
+def test_the_soak_names_what_grew_after_the_warm_up_and_what_kept_a_backlog():
+    from bench import soak
+
+    def sample(seconds, web, worker, backlog=0):
+        return {
+            "seconds": seconds,
+            "rss_mib": {"web": web, "order_confirmation": worker},
+            "backlog": {"marketplace.order_confirmation": backlog},
+            "p99_ms": 10.0,
+        }
+
+    # The web grows from 100 to 104 MiB after the warm-up (under 5 MiB: noise); the worker from 60
+    # to 70 (over 5 MiB and 5%); its queue ends with a backlog. What the warm-up takes is not growth.
+    samples = [sample(30, 80.0, 40.0), sample(60, 100.0, 60.0), sample(90, 102.0, 65.0), sample(120, 104.0, 70.0, 3)]
+    results = soak.summarize(samples, orders={"ok": 1200, "failed": 0}, minutes=2, rate=10, sample_seconds=30)
+
+    assert results["processes"]["web"] == {
+        "after_warm_up": 100.0, "end": 104.0, "peak": 104.0, "growth_mib": 4.0, "grows": False,
+        "second_half_mib_per_minute": 4.0,  # 100 MiB at 60 s, half of the run; 104 at 120 s
+    }  # fmt: skip
+    assert results["processes"]["order_confirmation"]["grows"] is True
+    assert results["growing"] == ["marketplace.order_confirmation", "order_confirmation"]
+    section = soak.markdown(results)
+    assert section.startswith(report.SOAK_HEADING + "\n")
+    assert "**Growing: marketplace.order_confirmation, order_confirmation.**" in section
+    assert "| order_confirmation | 60.0 | 70.0 | 70.0 | +10.0 **grows** | +10.00 |" in section
