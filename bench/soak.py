@@ -9,8 +9,9 @@ of every subscriber queue. The first minute is warm-up (imports, caches, connect
 and the template engine's lazily built state); a process **grows** when its RSS at the end is above
 its RSS after the warm-up by more than 5% and more than 5 MiB, the noise of the allocator and the
 garbage collector over a run. A subscriber queue that keeps a backlog at the end grows too. The
-report also gives each process's rate of growth over the run's second half: what is still rising
-when the run ends, for a longer run to settle.
+report also gives each process's rate of growth over the run's second half and names those still
+rising faster than 0.2 MiB a minute (12 MiB an hour) when the run ends: under the threshold, but
+for a longer run to settle.
 
 --write puts the result into docs/benchmarks.md as its own section (replaced in place on the next
 run, added at the end the first time); raw numbers go to bench/results/soak.json, and
@@ -44,6 +45,7 @@ RAW = ROOT / "bench" / "results" / "soak.json"
 WARM_UP_SECONDS = 60.0
 GROWTH_ALLOWED_MIB = 5.0
 GROWTH_ALLOWED_SHARE = 0.05
+STILL_RISING_MIB_PER_MINUTE = 0.2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,6 +144,11 @@ def summarize(samples: list[dict], *, orders: dict, minutes: float, rate: float,
         "backlog_at_end": backlog_at_end,
         "max_backlog": max((max(s["backlog"].values(), default=0) for s in samples), default=0),
         "growing": sorted([name for name, p in processes.items() if p["grows"]] + list(backlog_at_end)),
+        "still_rising": sorted(
+            name
+            for name, p in processes.items()
+            if not p["grows"] and p["second_half_mib_per_minute"] > STILL_RISING_MIB_PER_MINUTE
+        ),
         "samples": samples,
     }
 
@@ -153,6 +160,13 @@ def markdown(results: dict) -> str:
         if not results["growing"]
         else f"**Growing: {', '.join(results['growing'])}.**"
     )
+    rising = results.get("still_rising", [])
+    if rising:
+        rates = ", ".join(f"{name} {results['processes'][name]['second_half_mib_per_minute']:+.2f}" for name in rising)
+        verdict += (
+            f" **Still rising** at the end, under the threshold, faster than {STILL_RISING_MIB_PER_MINUTE:g}"
+            f" MiB/minute: {rates} MiB/minute over the second half."
+        )
     lines = [
         report.SOAK_HEADING,
         "",
@@ -172,7 +186,7 @@ def markdown(results: dict) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, p in sorted(results["processes"].items()):
-        flag = " **grows**" if p["grows"] else ""
+        flag = " **grows**" if p["grows"] else (" still rising" if name in rising else "")
         lines.append(
             f"| {name} | {p['after_warm_up']:.1f} | {p['end']:.1f} | {p['peak']:.1f} | {p['growth_mib']:+.1f}{flag} "
             f"| {p['second_half_mib_per_minute']:+.2f} |"

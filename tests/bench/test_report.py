@@ -51,7 +51,10 @@ def test_the_soak_names_what_grew_after_the_warm_up_and_what_kept_a_backlog():
     }  # fmt: skip
     assert results["processes"]["order_confirmation"]["grows"] is True
     assert results["growing"] == ["marketplace.order_confirmation", "order_confirmation"]
+    assert results["still_rising"] == ["web"]  # under the threshold, but 4 MiB/minute over the second half
     section = soak.markdown(results)
     assert section.startswith(report.SOAK_HEADING + "\n")
     assert "**Growing: marketplace.order_confirmation, order_confirmation.**" in section
     assert "| order_confirmation | 60.0 | 70.0 | 70.0 | +10.0 **grows** | +10.00 |" in section
+    assert "| web | 100.0 | 104.0 | 104.0 | +4.0 still rising | +4.00 |" in section
+    assert "**Still rising** at the end" in section
