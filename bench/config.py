@@ -121,6 +121,22 @@ class Target:
     drop_at_end: bool = False
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(50), repr=False)
 
+    @classmethod
+    def named(cls, name: str, first_port: int) -> Target:
+        """The stack of a benchmark of its own: database ``marketplace_bench_<name>``, vhost and log
+        directory ``marketplace-bench-<name>``, and four ports from ``first_port`` (web, floor,
+        variant, stub), so that no two of them share one."""
+        slug = name.replace("_", "-")
+        return cls(
+            db_name=f"marketplace_bench_{name}",
+            vhost=f"marketplace-bench-{slug}",
+            web_port=first_port,
+            floor_port=first_port + 1,
+            variant_port=first_port + 2,
+            stub_port=first_port + 3,
+            logdir=Path(tempfile.gettempdir()) / f"marketplace-bench-{slug}",
+        )
+
     @property
     def database_url(self) -> str:
         return f"postgres://postgres@127.0.0.1:5432/{self.db_name}"

@@ -24,22 +24,13 @@ import argparse
 import json
 import time
 from pathlib import Path
-from tempfile import gettempdir
 
 from bench import broker, data, load, report
 from bench.config import QUICK, ROOT, Target
 from bench.processes import Stack, log, wait_http
 from bench.run import code_version, loadavg
 
-TARGET = Target(
-    db_name="marketplace_bench_soak",
-    vhost="marketplace-bench-soak",
-    web_port=8130,
-    floor_port=8131,
-    variant_port=8132,
-    stub_port=8133,
-    logdir=Path(gettempdir()) / "marketplace-bench-soak",
-)
+TARGET = Target.named("soak", 8140)  # 8130-8133 are bench.trace_picture's
 REPORT = ROOT / "docs" / "benchmarks.md"
 RAW = ROOT / "bench" / "results" / "soak.json"
 WARM_UP_SECONDS = 60.0

@@ -33,7 +33,6 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from tempfile import gettempdir
 
 import httpx
 
@@ -46,15 +45,7 @@ from marketplace.tracing import trace_id_of
 from tests.faults.harness.servers import free_port
 from tests.support.otlp import Link, OtlpReceiver, Span
 
-TARGET = Target(
-    db_name="marketplace_bench_trace_picture",
-    vhost="marketplace-bench-trace-picture",
-    web_port=8130,
-    floor_port=8131,
-    variant_port=8132,
-    stub_port=8133,
-    logdir=Path(gettempdir()) / "marketplace-bench-trace-picture",
-)
+TARGET = Target.named("trace_picture", 8130)
 PICTURE = ROOT / "docs" / "img" / "order-trace.png"
 SPANS = TARGET.logdir / "spans.json"
 PAGE = TARGET.logdir / "order-trace.html"

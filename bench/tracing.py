@@ -28,34 +28,14 @@ import os
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
-from pathlib import Path
-from tempfile import gettempdir
 
 from bench import broker, data, load, report
 from bench.config import QUICK, ROOT, Target
 from bench.processes import Proc, Stack, log, wait_http
 from tests.support.otlp import SpanCounter
 
-TARGET = Target(
-    db_name="marketplace_bench_tracing",
-    vhost="marketplace-bench-tracing",
-    web_port=8120,
-    floor_port=8121,
-    variant_port=8122,
-    stub_port=8123,
-    logdir=Path(gettempdir()) / "marketplace-bench-tracing",
-)
-TWIN = replace(
-    TARGET,
-    db_name="marketplace_bench_tracing_twin",
-    vhost="marketplace-bench-tracing-twin",
-    web_port=8124,
-    floor_port=8125,
-    variant_port=8126,
-    stub_port=8127,
-    logdir=Path(gettempdir()) / "marketplace-bench-tracing-twin",
-)
+TARGET = Target.named("tracing", 8120)
+TWIN = Target.named("tracing_twin", 8124)
 OFF = "off"
 REPORT = ROOT / "docs" / "benchmarks.md"
 RAW = ROOT / "bench" / "results" / "tracing.json"
