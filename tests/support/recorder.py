@@ -33,7 +33,7 @@ class RecorderProcess:
     def start(self) -> RecorderProcess:
         self.log = open(self.log_path, "w")  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen(
-            # --skip-checks: as the workers (tests/conftest.py's worker_env).
+            # --skip-checks: as the workers skip them (CELERY_SKIP_CHECKS, tests/conftest.py).
             [sys.executable, "manage.py", "record_dead_letters", "--skip-checks"],
             cwd=ROOT,
             env=self.env,
